@@ -1,0 +1,1 @@
+namespace CMoE.MLNet; internal static class Placeholder { }
