@@ -1,0 +1,15 @@
+namespace CMoE;
+
+/// <summary>
+/// A file or folder given to CMoE.MLNet is not in the expected format (a corrupt safetensors file,
+/// a config.json missing a key, a carved folder of an unknown version, ...). The message names the
+/// file, the problem and the fix.
+/// </summary>
+public class CMoEFormatException : Exception
+{
+    /// <summary>Creates the exception with a message that names the problem and the fix.</summary>
+    public CMoEFormatException(string message) : base(message) { }
+
+    /// <summary>Creates the exception with a message and the underlying cause.</summary>
+    public CMoEFormatException(string message, Exception inner) : base(message, inner) { }
+}
