@@ -1,0 +1,105 @@
+using System.Text.Json.Nodes;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace CMoE.Modeling.IO;
+
+/// <summary>
+/// Loads a Hugging Face model folder: <c>config.json</c> and either <c>model.safetensors</c> or the
+/// shards named by <c>model.safetensors.index.json</c>. Weights (bf16, fp16 or fp32 on disk) are
+/// converted tensor by tensor into the requested dtype; shapes are checked against the config.
+/// </summary>
+public static class CheckpointLoader
+{
+    /// <summary>Reads the config, builds the model on the CPU, loads every weight, then moves it to <paramref name="device"/>.</summary>
+    /// <param name="folder">The model folder.</param>
+    /// <param name="dtype">Compute dtype (fp32 by default).</param>
+    /// <param name="device">Target device; CPU when null.</param>
+    /// <param name="configure">Called after the dense skeleton is built and before weights are loaded,
+    /// to reshape it (e.g. replace FFNs by carved MoE blocks described in config.json).</param>
+    public static LlamaForCausalLM Load(string folder, ScalarType dtype = ScalarType.Float32, Device? device = null,
+        Action<LlamaForCausalLM, JsonObject>? configure = null)
+    {
+        if (!Directory.Exists(folder))
+            throw new DirectoryNotFoundException($"Model folder '{folder}' does not exist. Pass a Hugging Face model folder (config.json, *.safetensors, tokenizer).");
+        var config = LlamaConfig.Load(folder);
+        var raw = (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")))!;
+        var model = new LlamaForCausalLM(config, dtype);
+        try
+        {
+            configure?.Invoke(model, raw);
+            LoadWeights(model, folder);
+            if (device is not null && device.type != DeviceType.CPU) model.to(device);
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Lists the safetensors files of a folder: the shards of the index, or model.safetensors.</summary>
+    public static IReadOnlyList<string> WeightFiles(string folder)
+    {
+        string index = Path.Combine(folder, "model.safetensors.index.json");
+        if (File.Exists(index))
+        {
+            JsonNode? root;
+            try { root = JsonNode.Parse(File.ReadAllText(index)); }
+            catch (System.Text.Json.JsonException e) { throw new CMoEFormatException($"'{index}' is not valid JSON ({e.Message}). Re-download the index file.", e); }
+            if (root?["weight_map"] is not JsonObject map)
+                throw new CMoEFormatException($"'{index}' has no weight_map. Re-download the index file.");
+            var files = new List<string>();
+            foreach (var (_, file) in map)
+            {
+                string name = file?.GetValue<string>() ?? "";
+                if (name.Length == 0 || name.Contains('/') || name.Contains('\\') || name.Contains(".."))
+                    throw new CMoEFormatException($"'{index}' names an invalid shard '{name}'. Shards must be files in the model folder.");
+                string full = Path.Combine(folder, name);
+                if (!files.Contains(full)) files.Add(full);
+            }
+            foreach (var f in files)
+                if (!File.Exists(f))
+                    throw new FileNotFoundException($"Shard '{f}' named by '{index}' is missing. Download every shard of the model.", f);
+            return files;
+        }
+        string single = Path.Combine(folder, "model.safetensors");
+        if (File.Exists(single)) return [single];
+        if (File.Exists(Path.Combine(folder, "pytorch_model.bin")) || Directory.EnumerateFiles(folder, "pytorch_model*.bin").Any())
+            throw new CMoEFormatException($"'{folder}' holds PyTorch .bin weights only. Convert them to safetensors (e.g. save_pretrained(..., safe_serialization=True)).");
+        throw new FileNotFoundException($"No model.safetensors or model.safetensors.index.json in '{folder}'. Download the model's safetensors weights.");
+    }
+
+    /// <summary>Copies every parameter and buffer of <paramref name="model"/> from the folder's safetensors files.</summary>
+    public static void LoadWeights(nn.Module model, string folder)
+    {
+        var files = WeightFiles(folder).Select(SafeTensorsFile.Open).ToList();
+        try
+        {
+            var where = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+            foreach (var f in files)
+                foreach (var name in f.Tensors.Keys)
+                    where[name] = f;
+            var missing = new List<string>();
+            using var noGrad = no_grad();
+            foreach (var (name, target) in model.state_dict())
+            {
+                if (!where.TryGetValue(name, out var file)) { missing.Add(name); continue; }
+                var info = file.Tensors[name];
+                if (!info.Shape.SequenceEqual(target.shape))
+                    throw new CMoEFormatException(
+                        $"'{file.Path}': tensor '{name}' has shape [{string.Join(",", info.Shape)}] but config.json implies [{string.Join(",", target.shape)}]. The weights do not belong to this config.json.");
+                using var value = file.Load(name, target.dtype);
+                target.copy_(value);
+            }
+            if (missing.Count > 0)
+                throw new CMoEFormatException(
+                    $"'{folder}' lacks {missing.Count} tensor(s) the architecture needs, e.g. {string.Join(", ", missing.Take(3))}. The checkpoint does not match config.json (tie_word_embeddings? architecture?).");
+        }
+        finally
+        {
+            foreach (var f in files) f.Dispose();
+        }
+    }
+}

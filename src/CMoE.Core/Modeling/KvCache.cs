@@ -1,0 +1,50 @@
+using static TorchSharp.torch;
+
+namespace CMoE.Modeling;
+
+/// <summary>
+/// Key/value cache for incremental decoding: per layer, preallocated [batch, kv_heads, capacity, head_dim]
+/// buffers that the attention writes into. <see cref="Length"/> is the number of positions cached.
+/// </summary>
+public sealed class KvCache : IDisposable
+{
+    private readonly Tensor[] _keys;
+    private readonly Tensor[] _values;
+
+    /// <summary>Allocates the cache for <paramref name="capacity"/> positions.</summary>
+    public KvCache(LlamaConfig config, long batch, long capacity, Device device, ScalarType dtype)
+    {
+        Capacity = capacity;
+        _keys = new Tensor[config.NumLayers];
+        _values = new Tensor[config.NumLayers];
+        for (int i = 0; i < config.NumLayers; i++)
+        {
+            _keys[i] = zeros([batch, config.NumKeyValueHeads, capacity, config.HeadDim], dtype: dtype, device: device);
+            _values[i] = zeros([batch, config.NumKeyValueHeads, capacity, config.HeadDim], dtype: dtype, device: device);
+        }
+    }
+
+    /// <summary>Positions the cache can hold.</summary>
+    public long Capacity { get; }
+
+    /// <summary>Positions cached so far (advanced by the model after each forward).</summary>
+    public long Length { get; internal set; }
+
+    /// <summary>Writes k, v [batch, kv_heads, n, head_dim] at the current end and returns views of everything cached.</summary>
+    internal (Tensor Keys, Tensor Values) Append(int layer, Tensor k, Tensor v)
+    {
+        long n = k.shape[2];
+        if (Length + n > Capacity)
+            throw new InvalidOperationException($"The KV cache holds {Capacity} positions; {Length + n} were needed. Create a larger cache.");
+        _keys[layer].narrow(2, Length, n).copy_(k);
+        _values[layer].narrow(2, Length, n).copy_(v);
+        return (_keys[layer].narrow(2, 0, Length + n), _values[layer].narrow(2, 0, Length + n));
+    }
+
+    /// <summary>Frees the buffers.</summary>
+    public void Dispose()
+    {
+        foreach (var t in _keys) t.Dispose();
+        foreach (var t in _values) t.Dispose();
+    }
+}

@@ -1,0 +1,100 @@
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace CMoE.Modeling;
+
+/// <summary>The decoder stack ("model." keys): embeddings, layers, final norm.</summary>
+public sealed class LlamaModel : nn.Module
+{
+    private readonly TokenEmbedding embed_tokens;
+    private readonly ModuleList<DecoderLayer> layers;
+    private readonly RmsNorm norm;
+    private readonly List<DecoderLayer> _layerList = [];
+
+    /// <summary>Creates the stack with uninitialised weights.</summary>
+    public LlamaModel(LlamaConfig c, ScalarType dtype) : base(nameof(LlamaModel))
+    {
+        embed_tokens = new TokenEmbedding(c.VocabSize, c.HiddenSize, dtype);
+        layers = new ModuleList<DecoderLayer>();
+        for (int i = 0; i < c.NumLayers; i++) layers.Add(new DecoderLayer(c, dtype));
+        _layerList.AddRange(layers);
+        norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, dtype);
+        RegisterComponents();
+    }
+
+    /// <summary>The embedding table.</summary>
+    public TokenEmbedding Embeddings => embed_tokens;
+    /// <summary>The decoder layers.</summary>
+    public IReadOnlyList<DecoderLayer> Layers => _layerList;
+    /// <summary>The final RMSNorm.</summary>
+    public RmsNorm Norm => norm;
+}
+
+/// <summary>
+/// A LLaMA-family causal language model with Hugging Face state-dict keys
+/// (<c>model.embed_tokens.weight</c>, <c>model.layers.{i}.self_attn.q_proj.weight</c>, ...,
+/// <c>lm_head.weight</c>). Build it with <see cref="IO.CheckpointLoader"/>.
+/// </summary>
+public sealed class LlamaForCausalLM : nn.Module
+{
+    private readonly LlamaModel model;
+    private readonly Projection? lm_head;
+    private readonly RotaryEmbedding _rope;
+
+    /// <summary>Creates the model with uninitialised weights in <paramref name="dtype"/> on the CPU.</summary>
+    public LlamaForCausalLM(LlamaConfig config, ScalarType dtype = ScalarType.Float32) : base(nameof(LlamaForCausalLM))
+    {
+        Config = config;
+        model = new LlamaModel(config, dtype);
+        if (!config.TieWordEmbeddings) lm_head = new Projection(config.HiddenSize, config.VocabSize, dtype: dtype);
+        _rope = new RotaryEmbedding(config);
+        RegisterComponents();
+    }
+
+    /// <summary>The architecture.</summary>
+    public LlamaConfig Config { get; }
+
+    /// <summary>The decoder stack.</summary>
+    public LlamaModel Model => model;
+
+    /// <summary>The device the weights are on.</summary>
+    public Device Device => model.Embeddings.Weight.device;
+
+    /// <summary>The weights' dtype.</summary>
+    public ScalarType DType => model.Embeddings.Weight.dtype;
+
+    /// <summary>Rotary tables for positions [start, start + length), in the model's device and dtype.</summary>
+    public (Tensor Cos, Tensor Sin) Rotary(long start, long length) => _rope.Get(start, length, Device, DType);
+
+    /// <summary>Final hidden states (after the last RMSNorm): ids [b, t] -> [b, t, d].</summary>
+    public Tensor Hidden(Tensor ids, KvCache? cache = null)
+    {
+        using var scope = NewDisposeScope();
+        long start = cache?.Length ?? 0;
+        var (cos, sin) = Rotary(start, ids.shape[1]);
+        var x = model.Embeddings.forward(ids.to(Device));                              // [b, t, d]
+        for (int i = 0; i < model.Layers.Count; i++)
+            x = model.Layers[i].Forward(x, cos, sin, cache, i);
+        if (cache is not null) cache.Length += ids.shape[1];
+        return model.Norm.forward(x).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Logits from final hidden states: [b, t, d] -> [b, t, vocab].</summary>
+    public Tensor Logits(Tensor hidden) =>
+        lm_head is not null ? lm_head.forward(hidden) : F.linear(hidden, model.Embeddings.Weight);
+
+    /// <summary>Next-token logits: ids [b, t] -> [b, t, vocab].</summary>
+    public Tensor Forward(Tensor ids, KvCache? cache = null)
+    {
+        using var scope = NewDisposeScope();
+        return Logits(Hidden(ids, cache)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Frees the weights and rotary tables.</summary>
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _rope.Dispose();
+        base.Dispose(disposing);
+    }
+}

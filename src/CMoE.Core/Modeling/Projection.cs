@@ -1,0 +1,34 @@
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace CMoE.Modeling;
+
+/// <summary>
+/// A linear map y = x W^T (+ b) whose weight starts uninitialised (it is always loaded from a
+/// checkpoint), so building a large model costs no random initialisation. State-dict keys:
+/// <c>weight</c> [out, in] and, when present, <c>bias</c> [out], as <c>torch.nn.Linear</c>.
+/// </summary>
+public sealed class Projection : nn.Module<Tensor, Tensor>
+{
+    private readonly Parameter weight;
+    private readonly Parameter? bias;
+
+    /// <summary>Creates an uninitialised [outFeatures, inFeatures] projection.</summary>
+    public Projection(long inFeatures, long outFeatures, bool hasBias = false, ScalarType dtype = ScalarType.Float32)
+        : base(nameof(Projection))
+    {
+        weight = new Parameter(empty(outFeatures, inFeatures, dtype: dtype), requires_grad: false);
+        if (hasBias) bias = new Parameter(zeros(outFeatures, dtype: dtype), requires_grad: false);
+        RegisterComponents();
+    }
+
+    /// <summary>The weight [out, in].</summary>
+    public Parameter Weight => weight;
+
+    /// <summary>The bias [out], or null.</summary>
+    public Parameter? Bias => bias;
+
+    /// <summary>x [..., in] -> [..., out].</summary>
+    public override Tensor forward(Tensor x) => F.linear(x, weight, bias);
+}

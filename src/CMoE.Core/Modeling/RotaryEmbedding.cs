@@ -1,0 +1,79 @@
+using static TorchSharp.torch;
+
+namespace CMoE.Modeling;
+
+/// <summary>
+/// Rotary position embedding (RoPE, Su et al.) in the Hugging Face "rotate_half" layout, with the
+/// default, linear and llama3 frequency schedules. Caches cos/sin tables and grows them on demand.
+/// </summary>
+public sealed class RotaryEmbedding : IDisposable
+{
+    private readonly Tensor _invFreq;   // [head_dim / 2] fp32
+    private Tensor? _cos, _sin;         // [positions, head_dim] fp32
+    private readonly object _gate = new();
+
+    /// <summary>Builds the inverse frequencies from the config.</summary>
+    public RotaryEmbedding(LlamaConfig config)
+    {
+        int dim = config.HeadDim;
+        var exponents = arange(0, dim, 2, dtype: ScalarType.Int64).to(ScalarType.Float32) / dim;
+        var invFreq = 1.0f / pow(config.RopeTheta, exponents);
+        _invFreq = config.RopeType switch
+        {
+            "linear" => invFreq / config.RopeFactor,
+            "llama3" => Llama3Frequencies(invFreq, config),
+            _ => invFreq,
+        };
+    }
+
+    /// <summary>cos and sin for positions [start, start + length), on <paramref name="device"/> in <paramref name="dtype"/>: each [length, head_dim].</summary>
+    public (Tensor Cos, Tensor Sin) Get(long start, long length, Device device, ScalarType dtype)
+    {
+        lock (_gate)
+        {
+            long needed = start + length;
+            if (_cos is null || _cos.shape[0] < needed)
+            {
+                long size = Math.Max(needed, _cos is null ? 1024 : 2 * _cos.shape[0]);
+                _cos?.Dispose();
+                _sin?.Dispose();
+                using var positions = arange(size, dtype: ScalarType.Float32);
+                using var freqs = outer(positions, _invFreq);                        // [size, head_dim/2]
+                using var emb = cat([freqs, freqs], -1);                              // [size, head_dim]
+                _cos = emb.cos();
+                _sin = emb.sin();
+            }
+            return (_cos.narrow(0, start, length).to(dtype, device), _sin!.narrow(0, start, length).to(dtype, device));
+        }
+    }
+
+    /// <summary>Applies the rotation to x [batch, heads, seq, head_dim] given cos/sin [seq, head_dim].</summary>
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    {
+        using var scope = NewDisposeScope();
+        long half = x.shape[^1] / 2;
+        var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);     // rotate_half(x)
+        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Llama 3.1's frequency schedule (smooth interpolation between low and high frequencies).</summary>
+    private static Tensor Llama3Frequencies(Tensor invFreq, LlamaConfig c)
+    {
+        double lowWavelen = c.RopeOriginalMaxPositions / c.RopeLowFreqFactor;
+        double highWavelen = c.RopeOriginalMaxPositions / c.RopeHighFreqFactor;
+        var wavelen = 2 * Math.PI / invFreq;
+        var scaled = where(wavelen > lowWavelen, invFreq / c.RopeFactor, invFreq);
+        var smooth = (c.RopeOriginalMaxPositions / wavelen - c.RopeLowFreqFactor) / (c.RopeHighFreqFactor - c.RopeLowFreqFactor);
+        var smoothed = (1 - smooth) * scaled / c.RopeFactor + smooth * scaled;
+        var medium = (wavelen >= highWavelen).logical_and(wavelen <= lowWavelen);
+        return where(medium, smoothed, scaled);
+    }
+
+    /// <summary>Frees the tables.</summary>
+    public void Dispose()
+    {
+        _invFreq.Dispose();
+        _cos?.Dispose();
+        _sin?.Dispose();
+    }
+}

@@ -1,0 +1,28 @@
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace CMoE.Modeling;
+
+/// <summary>Token embedding table (key <c>weight</c> [vocab, d]), uninitialised until loaded.</summary>
+public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
+{
+    private readonly Parameter weight;
+
+    /// <summary>Creates a [vocab, hidden] table.</summary>
+    public TokenEmbedding(long vocab, long hidden, ScalarType dtype = ScalarType.Float32) : base(nameof(TokenEmbedding))
+    {
+        weight = new Parameter(empty(vocab, hidden, dtype: dtype), requires_grad: false);
+        RegisterComponents();
+    }
+
+    /// <summary>The table [vocab, d].</summary>
+    public Parameter Weight => weight;
+
+    /// <summary>ids [b, t] (int64) -> [b, t, d].</summary>
+    public override Tensor forward(Tensor ids)
+    {
+        using var scope = NewDisposeScope();
+        var flat = weight.index_select(0, ids.flatten());                             // [b*t, d]
+        return flat.view(ids.shape[0], ids.shape[1], -1).MoveToOuterDisposeScope();
+    }
+}

@@ -1,4 +1,0 @@
-namespace CMoE.Modeling;
-
-/// <summary>Placeholder replaced by the device/backend module.</summary>
-internal static class TorchRuntimePlaceholder { }
