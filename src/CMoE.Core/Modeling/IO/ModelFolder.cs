@@ -1,0 +1,14 @@
+using static TorchSharp.torch;
+
+namespace CMoE.Modeling.IO;
+
+/// <summary>
+/// Loads any model folder this library reads: a dense Hugging Face LLaMA-family folder, or a carved
+/// folder written by <c>cmoe carve</c> (a Hugging Face folder whose config.json has a <c>cmoe</c> section).
+/// </summary>
+public static class ModelFolder
+{
+    /// <summary>Loads the folder's model in <paramref name="dtype"/> onto <paramref name="device"/> (CPU when null).</summary>
+    public static LlamaForCausalLM Load(string folder, ScalarType dtype = ScalarType.Float32, Device? device = null) =>
+        CheckpointLoader.Load(folder, dtype, device);
+}

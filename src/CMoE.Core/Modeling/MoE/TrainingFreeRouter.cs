@@ -1,0 +1,75 @@
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace CMoE.Modeling.MoE;
+
+/// <summary>
+/// CMoE's training-free router (method section 4). For the representative neuron R_j of each routed
+/// expert it keeps G_j = W_gate[R_j] / |W_gate[R_j]| and U_j = W_up[R_j] / |W_up[R_j]|; the score is
+/// s_j(x) = |(U x)_j * SiLU((G x)_j)|, p = softmax(s) in fp32, the selection is top-a of p + b (b the
+/// balancing bias, which affects selection only) and a selected expert's gate is g_j = 1 + p_j u_j
+/// (u the learnable scale, 0 at first). Keys: <c>gate</c> [E, d], <c>up</c> [E, d], <c>scale</c> [E] (u),
+/// <c>bias</c> [E] (b, a buffer).
+/// </summary>
+public sealed class TrainingFreeRouter : nn.Module
+{
+    private readonly Parameter gate;
+    private readonly Parameter up;
+    private readonly Parameter scale;
+    private readonly Tensor bias;
+
+    /// <summary>Creates a router for <paramref name="experts"/> experts over width <paramref name="hidden"/>.</summary>
+    public TrainingFreeRouter(int experts, int hidden, ScalarType dtype = ScalarType.Float32) : base(nameof(TrainingFreeRouter))
+    {
+        gate = new Parameter(empty(experts, hidden, dtype: dtype), requires_grad: false);
+        up = new Parameter(empty(experts, hidden, dtype: dtype), requires_grad: false);
+        scale = new Parameter(zeros(experts, dtype: ScalarType.Float32), requires_grad: false);
+        bias = zeros(experts, dtype: ScalarType.Float32);
+        RegisterComponents();
+    }
+
+    /// <summary>G [E, d] (normalised representative gate rows).</summary>
+    public Parameter Gate => gate;
+    /// <summary>U [E, d] (normalised representative up rows).</summary>
+    public Parameter Up => up;
+    /// <summary>u [E], the learnable gate scale.</summary>
+    public Parameter Scale => scale;
+    /// <summary>b [E], the balancing bias (selection only).</summary>
+    public Tensor Bias => bias;
+
+    /// <summary>Fills G and U from the representative rows of the dense weights, L2-normalised.</summary>
+    public void Initialise(Tensor denseGate, Tensor denseUp, long[] representatives)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var index = tensor(representatives);
+        gate.copy_(F.normalize(denseGate.index_select(0, index), dim: 1));
+        up.copy_(F.normalize(denseUp.index_select(0, index), dim: 1));
+        scale.zero_();
+        bias.zero_();
+    }
+
+    /// <summary>Router probabilities p = softmax(|U x * SiLU(G x)|): x [n, d] -> [n, E] fp32.</summary>
+    public Tensor Probabilities(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var scores = (F.linear(x, up) * F.silu(F.linear(x, gate))).abs();        // [n, E]
+        return scores.to(ScalarType.Float32).softmax(-1).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Selects the top-<paramref name="active"/> experts of p + b and their gates 1 + p_j u_j:
+    /// x [n, d] -> (experts [n, a] int64, gates [n, a] fp32, probabilities [n, E]).
+    /// </summary>
+    public (Tensor Experts, Tensor Gates, Tensor Probabilities) Route(Tensor x, int active)
+    {
+        using var scope = NewDisposeScope();
+        var p = Probabilities(x);                                                 // [n, E]
+        Tensor selected;
+        using (no_grad())
+            selected = (p + bias.to(p.device)).topk(active, dim: -1).indexes;       // [n, a]
+        var gates = 1 + p.gather(-1, selected) * scale.index_select(0, selected.flatten()).view_as(selected); // [n, a]
+        return (selected.MoveToOuterDisposeScope(), gates.MoveToOuterDisposeScope(), p.MoveToOuterDisposeScope());
+    }
+}
