@@ -5,7 +5,8 @@ using CMoE.Cli.Commands;
 // Every error is one line on stderr with a non-zero exit code; --verbose adds the stack trace.
 var commands = new Dictionary<string, ICommand>(StringComparer.Ordinal)
 {
-
+    ["eval"] = new EvalCommand(),
+    ["carve"] = new CarveCommand(),
 };
 
 if (args.Length == 0 || args[0] is "--help" or "-h" or "help")

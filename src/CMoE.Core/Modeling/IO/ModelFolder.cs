@@ -10,5 +10,14 @@ public static class ModelFolder
 {
     /// <summary>Loads the folder's model in <paramref name="dtype"/> onto <paramref name="device"/> (CPU when null).</summary>
     public static LlamaForCausalLM Load(string folder, ScalarType dtype = ScalarType.Float32, Device? device = null) =>
-        CheckpointLoader.Load(folder, dtype, device);
+        CheckpointLoader.Load(folder, dtype, device, CarvedFolder.Configure);
+
+    /// <summary>Whether the folder holds a carved model (its config.json has a <c>cmoe</c> section).</summary>
+    public static bool IsCarved(string folder)
+    {
+        string path = Path.Combine(folder, "config.json");
+        if (!File.Exists(path)) return false;
+        try { return System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path)) is System.Text.Json.Nodes.JsonObject o && CarvedFolder.IsCarved(o); }
+        catch (System.Text.Json.JsonException) { return false; }
+    }
 }

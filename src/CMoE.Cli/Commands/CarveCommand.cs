@@ -1,0 +1,112 @@
+using System.Text.Json.Nodes;
+using CMoE.Carving;
+using CMoE.Modeling.IO;
+using CMoE.Modeling.Tokenization;
+using static TorchSharp.torch;
+
+namespace CMoE.Cli.Commands;
+
+/// <summary><c>cmoe carve</c>: turn a dense model's FFNs into shared + routed experts.</summary>
+internal sealed class CarveCommand : ICommand
+{
+    public string Summary => "carve a dense model into a Mixture-of-Experts (training-free)";
+
+    public string Usage => $"""
+        cmoe carve --model <hf-folder> --calibration <text> --layout S2A2E16 --out <folder>
+                   [--samples 8] [--seq-len 512] [--k-act 10] [--score cosine|raw] [--iterations 1]
+                   [--seed 0] {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage} [--json]
+          Calibration windows = `samples` random windows of seq-len tokens from BOS + encode(file), drawn with seed.
+          Layout S{"{s}"}A{"{a}"}E{"{e}"}: e experts of d_h/e neurons, s shared (always on), a routed active per token.
+          The output folder (config.json with a cmoe section, model.safetensors, tokenizer files) is written
+          under a temporary name and moved into place.
+        """;
+
+    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose" };
+
+    public int Run(CommandLine line, CancellationToken cancel)
+    {
+        string modelDir = line.Required("model", "hf-folder");
+        string calibrationPath = line.Required("calibration", "text");
+        var layout = MoeLayout.Parse(line.Required("layout", "S2A2E16"));
+        string outDir = line.Required("out", "folder");
+        int samples = line.Int("samples", 8, min: 1);
+        int seqLen = line.Int("seq-len", 512, min: 2);
+        int seed = line.Int("seed", 0);
+        var options = new CarveOptions
+        {
+            Layout = layout,
+            KAct = line.Int("k-act", 10, min: 1),
+            Score = ParseScore(line.Optional("score") ?? "cosine"),
+            Iterations = line.Int("iterations", 1, min: 1),
+        };
+        bool json = line.Flag("json");
+        var device = CommonOptions.Device(line);
+        int threads = CommonOptions.Threads(line);
+        line.RejectUnknown();
+
+        var config = Modeling.LlamaConfig.Load(modelDir);
+        if (ModelFolder.IsCarved(modelDir))
+            throw new ArgumentException($"'{modelDir}' is already carved; carve the dense model it came from.");
+        options.Validate(config.IntermediateSize);   // fail on a bad layout before any heavy work
+        if (!File.Exists(calibrationPath)) throw new FileNotFoundException($"Calibration text '{calibrationPath}' does not exist.");
+        string text = File.ReadAllText(calibrationPath);
+        if (text.Length == 0) throw new ArgumentException($"Calibration text '{calibrationPath}' is empty.");
+
+        var tokenizer = TokenizerLoader.FromFolder(modelDir);
+        var windows = CalibrationSampler.Sample(tokenizer.Encode(text, addBos: true), samples, seqLen, seed);
+        using var model = ModelFolder.Load(modelDir, device: device);
+        using var calibration = tensor(windows);
+        CarveReport report;
+        using (var bar = Terminal.Progress($"carve {layout}"))
+            report = MoeCarver.Carve(model, calibration, options, new Progress<(int Done, int Total)>(p => bar.Report((double)p.Done / p.Total, $"layer {p.Done}/{p.Total}")), cancel);
+
+        var provenance = new JsonObject
+        {
+            ["calibration"] = Path.GetFileName(calibrationPath),
+            ["samples"] = samples,
+            ["seq_len"] = seqLen,
+            ["seed"] = seed,
+            ["k_act"] = options.KAct,
+            ["score"] = options.Score.ToString().ToLowerInvariant(),
+            ["iterations"] = options.Iterations,
+            ["seconds"] = Math.Round(report.Seconds, 3),
+        };
+        CarvedFolder.Save(model, modelDir, outDir, layout.ToString(), provenance);
+
+        if (json)
+        {
+            var layers = new JsonArray();
+            foreach (var l in report.Layers)
+                layers.Add(new JsonObject
+                {
+                    ["layer"] = l.Layer,
+                    ["profile_seconds"] = Math.Round(l.ProfileSeconds, 4),
+                    ["partition_seconds"] = Math.Round(l.PartitionSeconds, 4),
+                    ["assignment_cost"] = l.AssignmentCost,
+                });
+            Terminal.WriteJson(new JsonObject
+            {
+                ["layout"] = layout.ToString(),
+                ["seconds"] = Math.Round(report.Seconds, 3),
+                ["layers"] = layers,
+                ["active_ffn_fraction"] = report.ActiveFfnFraction,
+                ["out"] = Path.GetFullPath(outDir),
+                ["threads"] = threads,
+                ["device"] = device.ToString(),
+                ["options"] = provenance,
+            });
+        }
+        else
+        {
+            Console.WriteLine($"carved {config.NumLayers} layers to {layout} ({report.ActiveFfnFraction:P0} of FFN active) in {report.Seconds:F1} s -> {outDir}");
+        }
+        return 0;
+    }
+
+    private static ActivationScore ParseScore(string text) => text.ToLowerInvariant() switch
+    {
+        "cosine" => ActivationScore.Cosine,
+        "raw" => ActivationScore.Raw,
+        _ => throw new UsageException($"--score must be cosine or raw (got '{text}')"),
+    };
+}

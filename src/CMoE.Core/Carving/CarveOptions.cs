@@ -1,0 +1,30 @@
+namespace CMoE.Carving;
+
+/// <summary>How to carve: the layout and the profiling/partitioning knobs of the CMoE method.</summary>
+public sealed record CarveOptions
+{
+    /// <summary>The expert layout, e.g. S2A2E16.</summary>
+    public required MoeLayout Layout { get; init; }
+
+    /// <summary>K_a: a neuron is "active" for a token when its |score| is among the K_a largest (default 10).</summary>
+    public int KAct { get; init; } = 10;
+
+    /// <summary>The activation score: the authors' cosine form (default) or the raw SwiGLU activation.</summary>
+    public ActivationScore Score { get; init; } = ActivationScore.Cosine;
+
+    /// <summary>Balanced k-means rounds (1 = the authors' code: one assignment round).</summary>
+    public int Iterations { get; init; } = 1;
+
+    /// <summary>Calibration windows per forward pass while carving (bounds memory).</summary>
+    public int Batch { get; init; } = 8;
+
+    /// <summary>Checks the knobs.</summary>
+    public void Validate(int intermediateSize)
+    {
+        Layout.Validate(intermediateSize);
+        if (KAct < 1 || KAct > intermediateSize)
+            throw new ArgumentException($"k-act must be between 1 and the FFN width {intermediateSize} (got {KAct}).");
+        if (Iterations < 1) throw new ArgumentException($"iterations must be at least 1 (got {Iterations}).");
+        if (Batch < 1) throw new ArgumentException($"batch must be at least 1 (got {Batch}).");
+    }
+}

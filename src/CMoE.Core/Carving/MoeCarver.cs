@@ -1,0 +1,101 @@
+using System.Diagnostics;
+using CMoE.Modeling;
+using CMoE.Modeling.MoE;
+using static TorchSharp.torch;
+
+namespace CMoE.Carving;
+
+/// <summary>Timing and quality figures of one carved layer.</summary>
+/// <param name="Layer">Layer index.</param>
+/// <param name="ProfileSeconds">Capturing FFN inputs and computing markers.</param>
+/// <param name="PartitionSeconds">Shared selection, balanced clustering and router construction.</param>
+/// <param name="AssignmentCost">Optimal L1 cost of the last balanced assignment.</param>
+public sealed record LayerCarveReport(int Layer, double ProfileSeconds, double PartitionSeconds, double AssignmentCost);
+
+/// <summary>The outcome of carving a whole model.</summary>
+/// <param name="Layout">The layout.</param>
+/// <param name="Seconds">Total wall time.</param>
+/// <param name="Layers">Per-layer figures.</param>
+/// <param name="ActiveFfnFraction">Fraction of FFN neurons active per token.</param>
+public sealed record CarveReport(MoeLayout Layout, double Seconds, IReadOnlyList<LayerCarveReport> Layers, double ActiveFfnFraction);
+
+/// <summary>
+/// Sequential CMoE conversion (method sections 1-4): layer by layer, the calibration hidden states are
+/// pushed through the attention half of layer l, the FFN input is profiled, the FFN is carved into a
+/// <see cref="MoeBlock"/>, and the hidden states continue through the carved block, so layer l + 1 is
+/// profiled on the outputs of the already-carved layers 0..l without re-running the model.
+/// </summary>
+public static class MoeCarver
+{
+    /// <summary>Carves every dense FFN of <paramref name="model"/> in place.</summary>
+    /// <param name="model">A dense model; its FFNs are replaced.</param>
+    /// <param name="calibration">Calibration token windows [samples, seq_len] (int64).</param>
+    /// <param name="options">Layout and knobs.</param>
+    /// <param name="progress">Receives (layers done, layers total).</param>
+    /// <param name="cancel">Cancels between layers; the model is then partly carved and should be discarded.</param>
+    public static CarveReport Carve(LlamaForCausalLM model, Tensor calibration, CarveOptions options,
+        IProgress<(int Done, int Total)>? progress = null, CancellationToken cancel = default)
+    {
+        var config = model.Config;
+        options.Validate(config.IntermediateSize);
+        if (calibration.dim() != 2 || calibration.shape[1] < 2)
+            throw new ArgumentException("Calibration must be token windows [samples, seq_len] with seq_len >= 2.");
+        var clock = Stopwatch.StartNew();
+        var reports = new List<LayerCarveReport>();
+        using var noGrad = no_grad();
+        using var ids = calibration.to(ScalarType.Int64, model.Device);
+        var (cos, sin) = model.Rotary(0, ids.shape[1]);
+        using var cosScope = cos;
+        using var sinScope = sin;
+        var hidden = Batches(ids, options.Batch).Select(b => model.Model.Embeddings.forward(b)).ToList(); // [b, t, d] each
+        try
+        {
+            for (int l = 0; l < config.NumLayers; l++)
+            {
+                cancel.ThrowIfCancellationRequested();
+                var layer = model.Model.Layers[l];
+                if (layer.Mlp is not SwiGluMlp dense)
+                    throw new InvalidOperationException($"Layer {l} is already carved; carve a dense model.");
+                var t0 = Stopwatch.GetTimestamp();
+                var mids = hidden.Select(x => layer.AttentionResidual(x, cos, sin, null, l)).ToList();     // h = x + Attn(..)
+                var ffnInputs = mids.Select(layer.FfnInput).ToList();                                    // RMSNorm(h)
+                Tensor markers;
+                using (var flatInputs = cat(ffnInputs.Select(f => f.reshape(-1, config.HiddenSize)).ToList(), 0)) // [q, d]
+                using (var scores = ActivationMarkers.Scores(flatInputs, dense.Gate.Weight, dense.Up.Weight, options.Score))
+                    markers = ActivationMarkers.Markers(scores, options.KAct);                           // [q, dh]
+                double profileSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+
+                var t1 = Stopwatch.GetTimestamp();
+                ExpertPartition partition;
+                using (markers) partition = ExpertPartitioner.Partition(markers, options.Layout, options.Iterations);
+                var moe = MoeBlock.FromDense(dense, partition.Shared, partition.Routed, partition.Representatives, options.Layout.Active);
+                layer.ReplaceMlp(moe);
+                double partitionSeconds = Stopwatch.GetElapsedTime(t1).TotalSeconds;
+
+                var next = mids.Zip(ffnInputs, (h, f) => h + moe.forward(f)).ToList();                   // y = h + MoE(RMSNorm(h))
+                DisposeAll(hidden);
+                DisposeAll(mids);
+                DisposeAll(ffnInputs);
+                hidden = next;
+                reports.Add(new LayerCarveReport(l, profileSeconds, partitionSeconds, partition.AssignmentCost));
+                progress?.Report((l + 1, config.NumLayers));
+            }
+        }
+        finally
+        {
+            DisposeAll(hidden);
+        }
+        return new CarveReport(options.Layout, clock.Elapsed.TotalSeconds, reports, options.Layout.ActiveFraction);
+    }
+
+    private static IEnumerable<Tensor> Batches(Tensor ids, int batch)
+    {
+        for (long start = 0; start < ids.shape[0]; start += batch)
+            yield return ids.narrow(0, start, Math.Min(batch, ids.shape[0] - start));
+    }
+
+    private static void DisposeAll(IEnumerable<Tensor> tensors)
+    {
+        foreach (var t in tensors) t.Dispose();
+    }
+}

@@ -1,0 +1,108 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using CMoE.Modeling.MoE;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace CMoE.Modeling.IO;
+
+/// <summary>
+/// The carved-model folder: a Hugging Face-style folder a user can inspect with ordinary tools.
+/// <list type="bullet">
+/// <item><c>config.json</c>: the dense model's config plus a <c>cmoe</c> section:
+/// <c>{"format": "cmoe-carved", "version": 1, "layout": "S2A2E16", "hidden_size", "shared_size",
+/// "routed_experts", "expert_size", "active_experts", "active_ffn_fraction", "carving": {...provenance}}</c>.</item>
+/// <item><c>model.safetensors</c>: dense keys for everything but the FFNs (Hugging Face names), and per
+/// layer <c>model.layers.{i}.mlp.</c> + the <see cref="MoeBlock"/> keys (shared_expert.*, experts.*, router.*,
+/// shared_neurons, expert_neurons, representatives).</item>
+/// <item>the tokenizer files of the source folder, copied unchanged.</item>
+/// </list>
+/// The folder is written under a temporary name beside the target and moved into place, so an
+/// interrupted write leaves any previous output intact.
+/// </summary>
+public static class CarvedFolder
+{
+    /// <summary>Format name in the <c>cmoe</c> section.</summary>
+    public const string FormatName = "cmoe-carved";
+
+    /// <summary>Format version this library writes and reads.</summary>
+    public const int FormatVersion = 1;
+
+    /// <summary>Files copied from the source model folder when present.</summary>
+    public static readonly IReadOnlyList<string> TokenizerFiles =
+        ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"];
+
+    /// <summary>Whether a config.json object describes a carved model.</summary>
+    public static bool IsCarved(JsonObject config) => config["cmoe"] is JsonObject;
+
+    /// <summary>
+    /// Writes a carved model to <paramref name="outputFolder"/>. <paramref name="sourceFolder"/> supplies the
+    /// original config.json keys and tokenizer files; <paramref name="carving"/> is stored as provenance.
+    /// </summary>
+    public static void Save(LlamaForCausalLM model, string sourceFolder, string outputFolder, string layout, JsonObject? carving = null)
+    {
+        var blocks = model.Model.Layers.Select(l => l.Mlp as MoeBlock).ToList();
+        if (blocks.Any(b => b is null))
+            throw new InvalidOperationException("Every layer must be carved before the model is saved as a carved folder.");
+        var shape = blocks[0]!.Shape;
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(sourceFolder, "config.json")))!.AsObject();
+        config["cmoe"] = new JsonObject
+        {
+            ["format"] = FormatName,
+            ["version"] = FormatVersion,
+            ["layout"] = layout,
+            ["hidden_size"] = shape.Hidden,
+            ["shared_size"] = shape.SharedSize,
+            ["routed_experts"] = shape.RoutedExperts,
+            ["expert_size"] = shape.ExpertSize,
+            ["active_experts"] = shape.ActiveExperts,
+            ["active_ffn_fraction"] = shape.ActiveFraction,
+            ["carving"] = carving?.DeepClone(),
+        };
+        config["torch_dtype"] = "float32";
+        if (config.ContainsKey("dtype")) config["dtype"] = "float32";
+        AtomicFolder.Write(outputFolder, tmp =>
+        {
+            File.WriteAllText(Path.Combine(tmp, "config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            var tensors = model.state_dict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)).ToList();
+            SafeTensorsWriter.Write(Path.Combine(tmp, "model.safetensors"), tensors,
+                new Dictionary<string, string> { ["format"] = "pt", ["cmoe_format"] = $"{FormatName}/{FormatVersion}" });
+            foreach (var file in TokenizerFiles)
+            {
+                string src = Path.Combine(sourceFolder, file);
+                if (File.Exists(src)) File.Copy(src, Path.Combine(tmp, file));
+            }
+        });
+    }
+
+    /// <summary>
+    /// The <see cref="CheckpointLoader.Load"/> hook for carved folders: replaces every dense FFN by an
+    /// empty <see cref="MoeBlock"/> of the recorded shape so the weights load into it. Dense configs pass through.
+    /// </summary>
+    public static void Configure(LlamaForCausalLM model, JsonObject config)
+    {
+        if (config["cmoe"] is not JsonObject cmoe) return;
+        string format = cmoe["format"]?.GetValue<string>() ?? "";
+        int version = cmoe["version"]?.GetValue<int>() ?? 0;
+        if (format != FormatName)
+            throw new CMoEFormatException($"config.json's cmoe section has format '{format}', expected '{FormatName}'. The folder was not written by CMoE.MLNet.");
+        if (version > FormatVersion)
+            throw new CMoEFormatException($"The carved folder has format version {version}; this CMoE.MLNet reads up to {FormatVersion}. Upgrade CMoE.MLNet.");
+        MoeShape shape;
+        try
+        {
+            shape = new MoeShape(
+                cmoe["hidden_size"]!.GetValue<int>(), cmoe["shared_size"]!.GetValue<int>(), cmoe["routed_experts"]!.GetValue<int>(),
+                cmoe["expert_size"]!.GetValue<int>(), cmoe["active_experts"]!.GetValue<int>());
+        }
+        catch (Exception e) when (e is NullReferenceException or InvalidOperationException or FormatException)
+        {
+            throw new CMoEFormatException("config.json's cmoe section lacks hidden_size, shared_size, routed_experts, expert_size or active_experts. Re-carve the model.", e);
+        }
+        if (shape.Hidden != model.Config.HiddenSize || shape.IntermediateSize != model.Config.IntermediateSize
+            || shape.RoutedExperts < 1 || shape.ExpertSize < 1 || shape.ActiveExperts < 1 || shape.ActiveExperts > shape.RoutedExperts)
+            throw new CMoEFormatException($"config.json's cmoe section ({shape}) does not fit the model (hidden {model.Config.HiddenSize}, FFN {model.Config.IntermediateSize}). Re-carve the model.");
+        foreach (var layer in model.Model.Layers)
+            layer.ReplaceMlp(new MoeBlock(shape, model.DType));
+    }
+}
