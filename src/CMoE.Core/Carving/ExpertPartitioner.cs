@@ -13,6 +13,9 @@ public static class ExpertPartitioner
     /// <summary>Calibration tokens processed per chunk.</summary>
     private const int ChunkRows = 1024;
 
+    /// <summary>2^24: integers below it are exact in float32.</summary>
+    private const int ExactFloat32Limit = 1 << 24;
+
     /// <summary>Partitions the FFN neurons described by <paramref name="markers"/>.</summary>
     /// <param name="markers">Activation markers a_{t,i}, [q, d_h], 0/1 (see <see cref="ActivationMarkers"/>).</param>
     /// <param name="layout">The MoE layout; it must fit d_h (<see cref="MoeLayout.Validate"/>).</param>
@@ -51,8 +54,8 @@ public static class ExpertPartitioner
 
         // Initial centroids: marker columns of the k most active remaining neurons (weight 1).
         var seeds = tensor(byRate[sharedSize..(sharedSize + k)].Select(i => (long)i).ToArray(), device: markers.device);
-        var centroidSums = markers.index_select(1, seeds).to_type(ScalarType.Float64);   // [q, k]
-        double weight = 1;
+        var centroidSums = markers.index_select(1, seeds).to_type(ScalarType.Float32);   // [q, k]
+        int weight = 1;
 
         BalancedAssignment.Result assignment = default;
         int rounds = 0;
@@ -62,14 +65,14 @@ public static class ExpertPartitioner
             var next = BalancedAssignment.Solve(cost, k);
             rounds++;
             bool unchanged = assignment.Groups is not null && assignment.Groups.AsSpan().SequenceEqual(next.Groups);
-            assignment = next with { Cost = next.Cost / weight };
+            assignment = next with { Cost = next.Cost / weight };   // weight * L1 -> L1
             if (unchanged)
             {
                 break;   // the same assignment gives the same means: further rounds repeat
             }
             if (rounds < iterations)
             {
-                centroidSums = GroupSums(markers, remainingIndex, assignment.Groups, k);   // [q, k]
+                centroidSums = GroupSums(markers, remaining, assignment.Groups, k);   // [q, k]
                 weight = m;
             }
         }
@@ -104,55 +107,60 @@ public static class ExpertPartitioner
         for (long start = 0; start < q; start += ChunkRows)
         {
             using var chunkScope = NewDisposeScope();
-            var chunk = markers.narrow(0, start, Math.Min(ChunkRows, q - start)).to_type(ScalarType.Float64); // [rows, d_h]
+            var chunk = MarkerRows(markers, start, Math.Min(ChunkRows, q - start));           // [rows, d_h]
             if (chunk.ne(0).logical_and(chunk.ne(1)).any().item<bool>())
             {
                 throw new ArgumentException(
                     "Markers must hold only 0 and 1; compute them with ActivationMarkers.Markers.", nameof(markers));
             }
-            counts.add_(chunk.sum(0));
+            counts.add_(chunk.sum(new long[] { 0 }).to_type(ScalarType.Float64));              // per-chunk sums <= rows: exact
         }
         return counts.cpu().data<double>().ToArray();
     }
 
     /// <summary>
-    /// Row-major [n, k] matrix of weight * L1(c_i, S_j / weight) for binary columns c_i and centroid sums S_j:
-    /// sum_t S_jt + sum_t c_it (weight - 2 S_jt), one matmul per chunk of tokens. With integer S and weight
-    /// every entry is an exact integer in float64, so ties are exact and the result is deterministic.
+    /// Row-major [n, k] matrix of weight * L1(c_i, S_j / weight) for the binary columns c_i of the routed
+    /// candidates and centroid sums S_j (integers in [0, weight]):
+    /// sum_t S_jt + sum_t c_it (weight - 2 S_jt). One float32 matmul per chunk of tokens over all d_h
+    /// columns; every partial sum is an integer below 2^24, so it is exact, and chunks accumulate in
+    /// float64. Exact integers make ties exact and the result independent of BLAS summation order.
     /// </summary>
-    private static double[] ScaledL1Costs(Tensor markers, Tensor remainingIndex, Tensor centroidSums, double weight)
+    private static double[] ScaledL1Costs(Tensor markers, Tensor remainingIndex, Tensor centroidSums, int weight)
     {
         using var scope = NewDisposeScope();
         long q = markers.shape[0];
-        var cost = zeros(new[] { remainingIndex.shape[0], centroidSums.shape[1] }, ScalarType.Float64, markers.device); // [n, k]
-        for (long start = 0; start < q; start += ChunkRows)
+        long rowsPerChunk = Math.Clamp(ExactFloat32Limit / Math.Max(weight, 1), 1, ChunkRows);
+        var cost = zeros(new[] { markers.shape[1], centroidSums.shape[1] }, ScalarType.Float64, markers.device); // [d_h, k]
+        for (long start = 0; start < q; start += rowsPerChunk)
         {
             using var chunkScope = NewDisposeScope();
-            long rows = Math.Min(ChunkRows, q - start);
-            var columns = RemainingColumns(markers, remainingIndex, start, rows);     // [rows, n]
-            var sums = centroidSums.narrow(0, start, rows);                           // [rows, k]
-            cost.add_(matmul(columns.t(), sums.mul(-2).add_(weight)));                // [n, k]
+            long rows = Math.Min(rowsPerChunk, q - start);
+            var columns = MarkerRows(markers, start, rows);                                    // [rows, d_h]
+            var coefficients = centroidSums.narrow(0, start, rows).mul(-2).add_(weight);       // [rows, k], in [-w, w]
+            cost.add_(matmul(columns.t(), coefficients).to_type(ScalarType.Float64));          // [d_h, k]
         }
-        cost.add_(centroidSums.sum(0));                                               // + sum_t S_jt, broadcast over n
-        return cost.cpu().contiguous().data<double>().ToArray();
+        var routedCost = cost.index_select(0, remainingIndex);                                 // [n, k]
+        routedCost.add_(centroidSums.to_type(ScalarType.Float64).sum(new long[] { 0 }));       // + sum_t S_jt, over n
+        return routedCost.cpu().contiguous().data<double>().ToArray();
     }
 
-    /// <summary>Sum of the member marker columns of each group, [q, k] float64 (integer-valued).</summary>
-    private static Tensor GroupSums(Tensor markers, Tensor remainingIndex, int[] groups, int k)
+    /// <summary>Sum of the member marker columns of each group, [q, k] float32 (integers in [0, m], exact).</summary>
+    private static Tensor GroupSums(Tensor markers, int[] remaining, int[] groups, int k)
     {
         using var scope = NewDisposeScope();
         long q = markers.shape[0];
-        var oneHot = zeros(new long[] { groups.Length, k }, ScalarType.Float64);       // [n, k]
-        var groupIndex = tensor(groups.Select(g => (long)g).ToArray()).unsqueeze(1);   // [n, 1]
-        oneHot.scatter_(1, groupIndex, ones(new long[] { groups.Length, 1 }, ScalarType.Float64));
-        oneHot = oneHot.to(markers.device);
-        var sums = empty(new[] { q, k }, ScalarType.Float64, markers.device);         // [q, k]
+        var membership = new float[markers.shape[1] * k];                                      // [d_h, k] one-hot
+        for (int i = 0; i < remaining.Length; i++)
+        {
+            membership[((long)remaining[i] * k) + groups[i]] = 1;
+        }
+        var oneHot = tensor(membership).reshape(markers.shape[1], k).to(markers.device);       // [d_h, k]
+        var sums = empty(new[] { q, k }, ScalarType.Float32, markers.device);                  // [q, k]
         for (long start = 0; start < q; start += ChunkRows)
         {
             using var chunkScope = NewDisposeScope();
             long rows = Math.Min(ChunkRows, q - start);
-            var columns = RemainingColumns(markers, remainingIndex, start, rows);     // [rows, n]
-            sums.narrow(0, start, rows).copy_(matmul(columns, oneHot));               // [rows, k]
+            sums.narrow(0, start, rows).copy_(matmul(MarkerRows(markers, start, rows), oneHot)); // [rows, k]
         }
         return sums.MoveToOuterDisposeScope();
     }
@@ -161,10 +169,10 @@ public static class ExpertPartitioner
     private static int[] Representatives(Tensor markers, Tensor remainingIndex, int[] remaining, int[] groups, int k, int m)
     {
         using var scope = NewDisposeScope();
-        var sums = GroupSums(markers, remainingIndex, groups, k);                    // [q, k]
-        double[] cost = ScaledL1Costs(markers, remainingIndex, sums, m);              // [n * k], m * L1 to the mean
+        var sums = GroupSums(markers, remaining, groups, k);                                  // [q, k]
+        double[] cost = ScaledL1Costs(markers, remainingIndex, sums, m);                      // [n * k], m * L1 to the mean
         var best = Enumerable.Repeat(-1, k).ToArray();
-        for (int i = 0; i < remaining.Length; i++)                                   // ascending neuron order
+        for (int i = 0; i < remaining.Length; i++)                                           // ascending neuron order
         {
             int j = groups[i];
             if (best[j] < 0 || cost[(i * k) + j] < cost[(best[j] * k) + j])
@@ -175,7 +183,7 @@ public static class ExpertPartitioner
         return best.Select(i => remaining[i]).ToArray();
     }
 
-    /// <summary>Marker columns of the routed candidates for tokens [start, start + rows), float64.</summary>
-    private static Tensor RemainingColumns(Tensor markers, Tensor remainingIndex, long start, long rows) =>
-        markers.narrow(0, start, rows).index_select(1, remainingIndex).to_type(ScalarType.Float64);   // [rows, n]
+    /// <summary>Marker rows [start, start + rows) as float32, [rows, d_h] (a view when already float32).</summary>
+    private static Tensor MarkerRows(Tensor markers, long start, long rows) =>
+        markers.narrow(0, start, rows).to_type(ScalarType.Float32);
 }
