@@ -61,8 +61,7 @@ public static class MoeCarver
                 var ffnInputs = mids.Select(layer.FfnInput).ToList();                                    // RMSNorm(h)
                 Tensor markers;
                 using (var flatInputs = cat(ffnInputs.Select(f => f.reshape(-1, config.HiddenSize)).ToList(), 0)) // [q, d]
-                using (var scores = ActivationMarkers.Scores(flatInputs, dense.Gate.Weight, dense.Up.Weight, options.Score))
-                    markers = ActivationMarkers.Markers(scores, options.KAct);                           // [q, dh]
+                    markers = ActivationMarkers.Markers(flatInputs, dense.Gate.Weight, dense.Up.Weight, options.KAct, options.Score); // [q, dh]
                 double profileSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
 
                 var t1 = Stopwatch.GetTimestamp();

@@ -18,12 +18,12 @@ public sealed class RotaryEmbedding : IDisposable
         int dim = config.HeadDim;
         var exponents = arange(0, dim, 2, dtype: ScalarType.Int64).to(ScalarType.Float32) / dim;
         var invFreq = 1.0f / pow(config.RopeTheta, exponents);
-        _invFreq = config.RopeType switch
+        _invFreq = (config.RopeType switch
         {
             "linear" => invFreq / config.RopeFactor,
             "llama3" => Llama3Frequencies(invFreq, config),
             _ => invFreq,
-        };
+        }).DetachFromDisposeScope();
     }
 
     /// <summary>cos and sin for positions [start, start + length), on <paramref name="device"/> in <paramref name="dtype"/>: each [length, head_dim].</summary>
@@ -40,8 +40,9 @@ public sealed class RotaryEmbedding : IDisposable
                 using var positions = arange(size, dtype: ScalarType.Float32);
                 using var freqs = outer(positions, _invFreq);                        // [size, head_dim/2]
                 using var emb = cat([freqs, freqs], -1);                              // [size, head_dim]
-                _cos = emb.cos();
-                _sin = emb.sin();
+                // The tables outlive any caller's dispose scope.
+                _cos = emb.cos().DetachFromDisposeScope();
+                _sin = emb.sin().DetachFromDisposeScope();
             }
             return (_cos.narrow(0, start, length).to(dtype, device), _sin!.narrow(0, start, length).to(dtype, device));
         }
