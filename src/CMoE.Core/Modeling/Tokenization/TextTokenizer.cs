@@ -69,6 +69,10 @@ public sealed class TextTokenizer
     public string Decode(IEnumerable<int> ids)
     {
         ArgumentNullException.ThrowIfNull(ids);
-        return Inner.Decode(ids) ?? string.Empty;
+        return Inner switch
+        {
+            BpeTokenizer bpe => bpe.Decode(ids, considerSpecialTokens: false),
+            _ => Inner.Decode(ids), // LlamaTokenizer and MetaspaceBpeTokenizer leave special tokens out by default
+        } ?? string.Empty;
     }
 }
