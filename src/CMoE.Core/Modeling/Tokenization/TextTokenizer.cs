@@ -4,7 +4,7 @@ namespace CMoE.Modeling.Tokenization;
 
 /// <summary>
 /// A model's tokenizer: a Microsoft.ML <see cref="Tokenizer"/> plus the BOS/EOS conventions of the model folder
-/// it came from. Create one with <see cref="TokenizerLoader.FromFolder"/>. Thread-safe for concurrent encoding.
+/// it came from. Create one with <see cref="TokenizerLoader.FromFolder"/>.
 /// </summary>
 public sealed class TextTokenizer
 {
