@@ -14,6 +14,28 @@ public sealed class TinyrefTokenizers
     /// <summary>From tokenizer.json.</summary>
     public TextTokenizer Json { get; } = TokenizerLoader.FromFolder(Folder, TokenizerFile.TokenizerJson);
 
+    private readonly Dictionary<TokenizerFile, Lazy<(int[] Ids, TimeSpan Elapsed)>> _sotu = new();
+
+    /// <summary>sotu_val.txt (../shared) encoded as one document with BOS by the tokenizer from <paramref name="file"/>; computed once.</summary>
+    public (int[] Ids, TimeSpan Elapsed) SotuVal(TokenizerFile file)
+    {
+        Lazy<(int[], TimeSpan)> lazy;
+        lock (_sotu)
+        {
+            if (!_sotu.TryGetValue(file, out lazy!))
+            {
+                _sotu[file] = lazy = new Lazy<(int[], TimeSpan)>(() =>
+                {
+                    string text = File.ReadAllText(TestPaths.InShared("data", "eval", "sotu_val.txt"), System.Text.Encoding.UTF8);
+                    var sw = System.Diagnostics.Stopwatch.StartNew();
+                    int[] ids = Get(file).Encode(text);
+                    return (ids, sw.Elapsed);
+                });
+            }
+        }
+        return lazy.Value;
+    }
+
     /// <summary>The tokenizer read from <paramref name="file"/>.</summary>
     public TextTokenizer Get(TokenizerFile file) => file == TokenizerFile.TokenizerJson ? Json : SentencePiece;
 }

@@ -4,7 +4,7 @@ namespace CMoE.Modeling.Tokenization;
 
 /// <summary>
 /// A model's tokenizer: a Microsoft.ML <see cref="Tokenizer"/> plus the BOS/EOS conventions of the model folder
-/// it came from. Create one with <see cref="TokenizerLoader.FromFolder"/>. Thread-safe for concurrent encoding.
+/// it came from. Create one with <see cref="TokenizerLoader.FromFolder"/>.
 /// </summary>
 public sealed class TextTokenizer
 {
@@ -69,6 +69,10 @@ public sealed class TextTokenizer
     public string Decode(IEnumerable<int> ids)
     {
         ArgumentNullException.ThrowIfNull(ids);
-        return Inner.Decode(ids) ?? string.Empty;
+        return Inner switch
+        {
+            BpeTokenizer bpe => bpe.Decode(ids, considerSpecialTokens: false),
+            _ => Inner.Decode(ids), // LlamaTokenizer and MetaspaceBpeTokenizer leave special tokens out by default
+        } ?? string.Empty;
     }
 }

@@ -65,12 +65,12 @@ public static class TokenizerLoader
 
     private static LlamaTokenizer CreateLlama(string path, IReadOnlyDictionary<string, int>? specials)
     {
+        using var stream = File.OpenRead(path); // a missing or unreadable file fails here, as itself
         try
         {
-            using var stream = File.OpenRead(path);
             return LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false, specialTokens: specials);
         }
-        catch (Exception ex) when (ex is not IOException and not UnauthorizedAccessException and not OutOfMemoryException)
+        catch (Exception ex) when (ex is not OutOfMemoryException) // protobuf, argument and format errors of the content
         {
             throw new CMoEFormatException(
                 $"{path} is not a SentencePiece BPE model that Microsoft.ML.Tokenizers can read ({ex.GetType().Name}: {ex.Message}). " +
