@@ -1,1 +1,0 @@
-namespace CMoE.MLNet; internal static class Placeholder { }
