@@ -66,12 +66,12 @@ public sealed record LlamaConfig
         string path = Directory.Exists(folderOrFile) ? Path.Combine(folderOrFile, "config.json") : folderOrFile;
         if (!File.Exists(path))
             throw new FileNotFoundException($"No config.json at '{path}'. Point --model at a Hugging Face model folder (config.json, *.safetensors, tokenizer).", path);
-        JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)); }
-        catch (JsonException e) { throw new CMoEFormatException($"'{path}' is not valid JSON ({e.Message}). Fix or re-download config.json.", e); }
-        if (root is not JsonObject obj)
-            throw new CMoEFormatException($"'{path}' is not a JSON object. Fix or re-download config.json.");
-        return Parse(obj, path);
+        return FormatGuard.Run(path, "Fix or re-download config.json.", () =>
+        {
+            if (JsonNode.Parse(FormatGuard.ReadText(path, "Fix or re-download config.json.")) is not JsonObject obj)
+                throw new CMoEFormatException($"'{path}' is not a JSON object. Fix or re-download config.json.");
+            return Parse(obj, path);
+        });
     }
 
     /// <summary>Parses a config.json object; <paramref name="path"/> is used in messages.</summary>

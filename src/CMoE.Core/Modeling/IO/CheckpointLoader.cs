@@ -23,11 +23,13 @@ public static class CheckpointLoader
         if (!Directory.Exists(folder))
             throw new DirectoryNotFoundException($"Model folder '{folder}' does not exist. Pass a Hugging Face model folder (config.json, *.safetensors, tokenizer).");
         var config = LlamaConfig.Load(folder);
-        var raw = (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")))!;
+        string configPath = Path.Combine(folder, "config.json");
+        var raw = FormatGuard.Run(configPath, "Fix or re-download config.json.", () => JsonNode.Parse(File.ReadAllText(configPath, FormatGuard.StrictUtf8))!.AsObject());
         var model = new LlamaForCausalLM(config, dtype);
         try
         {
-            configure?.Invoke(model, raw);
+            if (configure is not null)
+                FormatGuard.Run(configPath, "Re-create the folder with cmoe carve, or restore its config.json.", () => { configure(model, raw); return 0; });
             LoadWeights(model, folder);
             if (device is not null && device.type != DeviceType.CPU) model.to(device);
             return model;
@@ -45,15 +47,16 @@ public static class CheckpointLoader
         string index = Path.Combine(folder, "model.safetensors.index.json");
         if (File.Exists(index))
         {
-            JsonNode? root;
-            try { root = JsonNode.Parse(File.ReadAllText(index)); }
-            catch (System.Text.Json.JsonException e) { throw new CMoEFormatException($"'{index}' is not valid JSON ({e.Message}). Re-download the index file.", e); }
-            if (root?["weight_map"] is not JsonObject map)
-                throw new CMoEFormatException($"'{index}' has no weight_map. Re-download the index file.");
-            var files = new List<string>();
-            foreach (var (_, file) in map)
+            const string fix = "Re-download model.safetensors.index.json.";
+            var names = FormatGuard.Run(index, fix, () =>
             {
-                string name = file?.GetValue<string>() ?? "";
+                if (JsonNode.Parse(File.ReadAllText(index, FormatGuard.StrictUtf8))?["weight_map"] is not JsonObject map)
+                    throw new CMoEFormatException($"'{index}' has no weight_map. {fix}");
+                return map.Select(kv => kv.Value?.GetValue<string>() ?? "").ToList();
+            });
+            var files = new List<string>();
+            foreach (var name in names)
+            {
                 if (name.Length == 0 || name.Contains('/') || name.Contains('\\') || name.Contains(".."))
                     throw new CMoEFormatException($"'{index}' names an invalid shard '{name}'. Shards must be files in the model folder.");
                 string full = Path.Combine(folder, name);

@@ -18,6 +18,6 @@ public static class ModelFolder
         string path = Path.Combine(folder, "config.json");
         if (!File.Exists(path)) return false;
         try { return System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path)) is System.Text.Json.Nodes.JsonObject o && CarvedFolder.IsCarved(o); }
-        catch (System.Text.Json.JsonException) { return false; }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or ArgumentException or System.Text.DecoderFallbackException) { return false; }
     }
 }

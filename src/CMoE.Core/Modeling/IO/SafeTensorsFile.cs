@@ -66,7 +66,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable
                 throw Corrupt(path, $"its header claims {headerLength} bytes but the file has {length - 8} after the length field; the file is truncated or not safetensors");
             _dataStart = 8 + (long)headerLength;
             var header = new ReadOnlySpan<byte>(_base + 8, (int)headerLength);
-            (Tensors, Metadata) = ParseHeader(path, header, length - _dataStart);
+            var headerBytes = header.ToArray();
+            (Tensors, Metadata) = FormatGuard.Run(path, "The file is corrupt: download it again.", () => ParseHeader(path, headerBytes, length - _dataStart));
         }
         catch
         {
@@ -161,14 +162,14 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     };
 
     private static (Dictionary<string, SafeTensorInfo>, Dictionary<string, string>) ParseHeader(
-        string path, ReadOnlySpan<byte> header, long dataLength)
+        string path, byte[] header, long dataLength)
     {
         var tensors = new Dictionary<string, SafeTensorInfo>(StringComparer.Ordinal);
         var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(header.ToArray(), new JsonDocumentOptions { MaxDepth = 8 });
+            doc = JsonDocument.Parse(header, new JsonDocumentOptions { MaxDepth = 8 });
         }
         catch (JsonException e)
         {

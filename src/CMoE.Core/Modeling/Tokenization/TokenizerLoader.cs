@@ -41,8 +41,12 @@ public static class TokenizerLoader
                 $"model (tokenizer.model or tokenizer.json, with tokenizer_config.json) into the folder.", jsonPath)),
         };
 
-        var config = TokenizerConfig.Read(folder);
-        return useSentencePiece ? LoadSentencePiece(spPath, config) : LoadJson(jsonPath, config);
+        string chosen = useSentencePiece ? spPath : jsonPath;
+        return FormatGuard.Run(chosen, "Re-download the tokenizer files (tokenizer.model / tokenizer.json, tokenizer_config.json).", () =>
+        {
+            var config = TokenizerConfig.Read(folder);
+            return useSentencePiece ? LoadSentencePiece(spPath, config) : LoadJson(jsonPath, config);
+        });
     }
 
     private static TextTokenizer LoadSentencePiece(string path, TokenizerConfig config)
