@@ -45,6 +45,14 @@ public sealed class LlamaAttention : nn.Module
         k = RotaryEmbedding.Apply(k, cos, sin);
         long past = cache?.Length ?? 0;
         if (cache is not null) (k, v) = cache.Append(layer, k, v);                  // [b, KV, past + t, hd]
+        if (t == 1 && past > 0 && _kvHeads != _heads)
+        {
+            // Decode step: the H/KV query heads of a group become G "positions" of one query against the
+            // group's shared key/value head (no mask: one new token sees every cached position). Same
+            // result as repeating k and v per query head, without copying the whole cache each step.
+            var grouped = F.scaled_dot_product_attention(q.reshape(b, _kvHeads, _heads / _kvHeads, _headDim), k, v); // [b, KV, G, hd]
+            return o_proj.forward(grouped.reshape(b, 1, _heads * _headDim)).MoveToOuterDisposeScope();            // [b, 1, d]
+        }
         if (_kvHeads != _heads)
         {
             k = k.repeat_interleave(_heads / _kvHeads, dim: 1);                      // [b, H, s, hd]

@@ -65,6 +65,46 @@ public class MoeBlockTests
         }
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    [InlineData(16)]
+    public void FastDecodePathEqualsGroupedPath(int tokens)
+    {
+        TorchTestSetup.Pin();
+        using var dense = RandomDense(24, 96, seed: 5);
+        var (shared, experts, reps) = RandomPartition(96, shared: 12, e: 7, seed: 6);
+        using var moe = MoeBlock.FromDense(dense, shared, experts, reps, active: 3);
+        using (no_grad()) moe.Router.Scale.copy_(randn(7));      // non-trivial gates
+        moe.eval();
+        using var x = randn(tokens, 24);
+        using var grouped = moe.GroupedForward(x, 3);
+        using var fast = moe.FastForward(x, 3);
+        (fast - grouped).abs().max().item<float>().Should().BeLessThan(1e-5f);
+
+        // forward() picks the fast path in eval mode for few tokens, the grouped one otherwise.
+        moe.FastPathMaxTokens = tokens;
+        using var viaForward = moe.forward(x.view(1, tokens, 24));
+        (viaForward.view(tokens, 24) - grouped).abs().max().item<float>().Should().BeLessThan(1e-5f);
+        moe.train();
+        using var training = moe.forward(x);
+        (training - grouped).abs().max().item<float>().Should().BeLessThan(1e-5f);
+    }
+
+    [Fact]
+    public void FastPathWithoutSharedExpertAndAllExpertsOnEqualsDense()
+    {
+        TorchTestSetup.Pin();
+        using var dense = RandomDense(16, 64, seed: 7);
+        var (shared, experts, reps) = RandomPartition(64, shared: 0, e: 4, seed: 8);
+        using var moe = MoeBlock.FromDense(dense, shared, experts, reps, active: 4);
+        moe.eval();
+        using var x = randn(1, 1, 16);
+        using var expected = dense.forward(x);
+        using var actual = moe.forward(x);
+        (actual - expected).abs().max().item<float>().Should().BeLessThan(1e-5f);
+    }
+
     [Fact]
     public void StateDictUsesTheDocumentedKeys()
     {

@@ -92,43 +92,96 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         router.Initialise(wg, wu, repIdx);
     }
 
-    /// <summary>x [..., d] -> [..., d]: shared expert plus gated selected experts, tokens grouped per expert.</summary>
+    /// <summary>
+    /// Largest token count for which inference uses the per-token fast path (decode); larger inputs
+    /// (prefill, training) group tokens per expert. Default 4.
+    /// </summary>
+    public int FastPathMaxTokens { get; set; } = 4;
+
+    /// <summary>
+    /// x [..., d] -> [..., d]: shared expert plus gated selected experts. Two equivalent paths:
+    /// grouped (tokens sorted per expert, one <see cref="StackedExperts.Expert"/> product per active expert,
+    /// differentiable; always used in training mode) and, for inference on at most
+    /// <see cref="FastPathMaxTokens"/> tokens, a decode fast path (host-side top-a, then each selected
+    /// expert's contiguous weight block applied in place).
+    /// </summary>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
         var tokens = x.reshape(-1, Shape.Hidden);                                      // [n, d]
-        var y = shared_expert is not null ? shared_expert.forward(tokens) : zeros_like(tokens);
         int active = Math.Min(ActiveExperts, Shape.RoutedExperts);
-        var (selected, gates, _) = router.Route(tokens, active);                       // [n, a], [n, a]
-        y = y + RoutedOutput(tokens, selected, gates.to(x.dtype));
+        bool fast = tokens.shape[0] <= FastPathMaxTokens && !RecordLoad && experts.RawWeightsUsable;
+        var y = fast ? FastForward(tokens, active) : GroupedForward(tokens, active);   // [n, d]
         return y.view(x.shape).MoveToOuterDisposeScope();
     }
 
-    /// <summary>
-    /// sum_j g_j E_j(x) with tokens grouped by expert: the (token, slot) pairs are sorted by expert,
-    /// each expert runs one matrix product over its tokens, and the results are scattered back.
-    /// </summary>
-    private Tensor RoutedOutput(Tensor tokens, Tensor selected, Tensor gates)
+    /// <summary>The reference path: y = E_shared(x) + sum_j g_j E_j(x), tokens grouped per expert. x [n, d] -> [n, d].</summary>
+    internal Tensor GroupedForward(Tensor tokens, int active)
     {
         using var scope = NewDisposeScope();
-        long n = tokens.shape[0], a = selected.shape[1];
-        var flatExperts = selected.flatten();                                          // [n*a]
-        var order = flatExperts.argsort();                                             // [n*a] grouped by expert
-        var tokenOfPair = order.div(a, rounding_mode: RoundingMode.floor);             // [n*a]
-        var counts = flatExperts.bincount(null, minlength: Shape.RoutedExperts);             // [E]
-        if (RecordLoad) LastExpertCounts = counts.detach().cpu().MoveToOuterDisposeScope();
-        long[] perExpert = counts.cpu().data<long>().ToArray();
-        var xs = tokens.index_select(0, tokenOfPair);                                  // [n*a, d] grouped
-        var gs = gates.flatten().index_select(0, order).unsqueeze(-1);                 // [n*a, 1]
-        var outputs = new List<Tensor>(perExpert.Length);
-        long offset = 0;
-        for (int j = 0; j < perExpert.Length; j++)
+        var y = shared_expert is not null ? shared_expert.forward(tokens) : zeros_like(tokens);   // [n, d]
+        var (selected, gates, _) = router.Route(tokens, active);                              // [n, a], [n, a]
+        return RoutedOutput(tokens, selected, gates.to(tokens.dtype), y).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Decode fast path (inference only): router selection on the host, then per token and selected
+    /// expert y_t += g_j E_j(x_t) from the expert's contiguous weights. x [n, d] -> [n, d].
+    /// </summary>
+    internal Tensor FastForward(Tensor tokens, int active)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var (selected, gates) = router.RouteOnHost(tokens, active);                  // [n * a] each, token-major
+        var y = shared_expert is not null ? shared_expert.forward(tokens) : zeros_like(tokens);   // [n, d]
+        experts.PrepareRaw();
+        long n = tokens.shape[0];
+        for (long t = 0; t < n; t++)
         {
-            if (perExpert[j] == 0) continue;
-            outputs.Add(experts.Expert(j, xs.narrow(0, offset, perExpert[j])));        // [c_j, d]
-            offset += perExpert[j];
+            var xt = n == 1 ? tokens : tokens.narrow(0, t, 1);                          // [1, d]
+            var yt = n == 1 ? y : y.narrow(0, t, 1);                                    // [1, d], a view of y
+            for (int k = 0; k < active; k++)
+                experts.AddExpertInto(selected[t * active + k], xt, yt, gates[t * active + k]);
         }
-        var routed = cat(outputs, 0) * gs;                                             // [n*a, d]
-        return zeros_like(tokens).index_add(0, tokenOfPair, routed, 1).MoveToOuterDisposeScope();
+        return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// y + sum_j g_j E_j(x) with tokens grouped by expert: the (token, slot) pairs are sorted by expert
+    /// on the host (counting sort), each expert runs one matrix product over its tokens, and the results
+    /// are scattered back with one index_add.
+    /// </summary>
+    private Tensor RoutedOutput(Tensor tokens, Tensor selected, Tensor gates, Tensor y)
+    {
+        using var scope = NewDisposeScope();
+        int a = (int)selected.shape[1], e = Shape.RoutedExperts;
+        long[] flat;                                                                   // [n*a] expert of each pair
+        using (var host = selected.cpu().contiguous()) flat = host.data<long>().ToArray();
+        var counts = new long[e];
+        foreach (long j in flat) counts[j]++;
+        if (RecordLoad) LastExpertCounts = tensor(counts).MoveToOuterDisposeScope();
+        var next = new long[e];                                                        // counting sort, stable
+        for (int j = 1; j < e; j++) next[j] = next[j - 1] + counts[j - 1];
+        var order = new long[flat.Length];                                             // pair index, grouped by expert
+        var tokenOfPair = new long[flat.Length];
+        for (int p = 0; p < flat.Length; p++)
+        {
+            long slot = next[flat[p]]++;
+            order[slot] = p;
+            tokenOfPair[slot] = p / a;
+        }
+        var tokenIndex = tensor(tokenOfPair, device: tokens.device);                   // [n*a]
+        var xs = tokens.index_select(0, tokenIndex);                                   // [n*a, d] grouped
+        var gs = gates.flatten().index_select(0, tensor(order, device: tokens.device)).unsqueeze(-1); // [n*a, 1]
+        var outputs = new List<Tensor>(e);
+        long offset = 0;
+        for (int j = 0; j < e; j++)
+        {
+            if (counts[j] == 0) continue;
+            outputs.Add(experts.Expert(j, xs.narrow(0, offset, counts[j])));          // [c_j, d]
+            offset += counts[j];
+        }
+        var routed = (outputs.Count == 1 ? outputs[0] : cat(outputs, 0)) * gs;         // [n*a, d]
+        return y.index_add(0, tokenIndex, routed, 1).MoveToOuterDisposeScope();
     }
 }

@@ -72,4 +72,62 @@ public sealed class TrainingFreeRouter : nn.Module
         var gates = 1 + p.gather(-1, selected) * scale.index_select(0, selected.flatten()).view_as(selected); // [n, a]
         return (selected.MoveToOuterDisposeScope(), gates.MoveToOuterDisposeScope(), p.MoveToOuterDisposeScope());
     }
+
+    /// <summary>
+    /// <see cref="Route"/> for inference with the selection on the host: the two router products run as
+    /// tensor operations, the rest (score, softmax, bias, top-a, gates) in plain code on [n, E] floats,
+    /// which for a few tokens costs less than dispatching the tensor operations. No gradient.
+    /// Returns the selected experts and their gates, token-major [n * a].
+    /// </summary>
+    internal (int[] Experts, double[] Gates) RouteOnHost(Tensor x, int active)
+    {
+        using var scope = NewDisposeScope();
+        int e = (int)gate.shape[0];
+        var g = HostFloats(F.linear(x, gate));                                    // [n * E]
+        var u = HostFloats(F.linear(x, up));                                      // [n * E]
+        var b = HostFloats(bias);                                                 // [E]
+        var scl = HostFloats(scale);                                              // [E]
+        int n = g.Length / e;
+        var experts = new int[n * active];
+        var gates = new double[n * active];
+        Span<double> p = stackalloc double[e];
+        for (int t = 0; t < n; t++)
+        {
+            double max = double.NegativeInfinity;
+            for (int j = 0; j < e; j++)
+            {
+                double gj = g[t * e + j];
+                p[j] = Math.Abs(u[t * e + j] * (float)(gj / (1 + Math.Exp(-gj))));     // s_j = |U x * SiLU(G x)|
+                max = Math.Max(max, p[j]);
+            }
+            double sum = 0;
+            for (int j = 0; j < e; j++) sum += p[j] = Math.Exp(p[j] - max);
+            for (int j = 0; j < e; j++) p[j] = (float)(p[j] / sum);                       // softmax, fp32 like Route
+            for (int k = 0; k < active; k++)                                              // top-a of p + b
+            {
+                int best = -1;
+                double bestScore = double.NegativeInfinity;
+                for (int j = 0; j < e; j++)
+                {
+                    double score = (float)(p[j] + b[j]);
+                    if (score > bestScore && Array.IndexOf(experts, j, t * active, k) < 0) (best, bestScore) = (j, score);
+                }
+                experts[t * active + k] = best;
+                gates[t * active + k] = (float)(1 + (float)p[best] * scl[best]);         // g_j = 1 + p_j u_j
+            }
+        }
+        return (experts, gates);
+    }
+
+    /// <summary>A tensor's values as fp32 on the host (no copy for a contiguous fp32 CPU tensor beyond the array).</summary>
+    private static float[] HostFloats(Tensor t)
+    {
+        if (t.dtype == ScalarType.Float32 && t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous())
+            return t.data<float>().ToArray();
+        using var scope = NewDisposeScope();
+        var host = t.detach();
+        if (host.dtype != ScalarType.Float32) host = host.to(ScalarType.Float32);
+        if (host.device_type != TorchSharp.DeviceType.CPU) host = host.cpu();
+        return host.contiguous().data<float>().ToArray();
+    }
 }

@@ -1,0 +1,241 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using CMoE.Carving;
+using CMoE.Cli.Bench;
+using CMoE.Modeling;
+using CMoE.Modeling.IO;
+using CMoE.Modeling.MoE;
+using CMoE.Modeling.Tokenization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace CMoE.Cli.Commands;
+
+/// <summary><c>cmoe bench</c>: dense vs carved inference speed, side by side in one run.</summary>
+internal sealed class BenchCommand : ICommand
+{
+    public string Summary => "measure dense vs carved inference speed (prefill, decode, FFN alone)";
+
+    public string Usage => $"""
+        cmoe bench (--model <dense-hf-folder> [--carved <carved-folder>] | --synthetic {string.Join("|", SyntheticModels.Shapes.Keys)})
+                   [--layout S2A2E16] [--calibration <text>] [--samples 8] [--seq-len 128]
+                   [--prompt-tokens 512] [--decode-tokens 128] [--batch 1] [--repeats 3]
+                   [--ffn-layer L] [--ffn-tokens 64] [--seed 0] [--threads 1] {CommonOptions.DeviceUsage} [--json]
+          Without --carved, a copy of the dense model is carved in memory to --layout, calibrated on --calibration
+          (or on random tokens when none is given: routing, not quality, is what speed depends on).
+          --synthetic builds the named shape with random weights (tinyllama-4l: TinyLlama-1.1B's layer shape,
+          4 layers, vocab 8192). Figures are medians over --repeats repetitions (dense and carved alternate
+          first) after one warm-up; the FFN figures time layer --ffn-layer's FFN alone on its real inputs.
+        """;
+
+    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose" };
+
+    public int Run(CommandLine line, CancellationToken cancel)
+    {
+        string? modelDir = line.Optional("model");
+        string? carvedDir = line.Optional("carved");
+        string? synthetic = line.Optional("synthetic");
+        string? layoutText = line.Optional("layout");
+        string? calibrationPath = line.Optional("calibration");
+        int samples = line.Int("samples", 8, min: 1);
+        int seqLen = line.Int("seq-len", 128, min: 2);
+        int promptTokens = line.Int("prompt-tokens", 512, min: 1);
+        int decodeTokens = line.Int("decode-tokens", 128, min: 1);
+        int batch = line.Int("batch", 1, min: 1);
+        int repeats = line.Int("repeats", 3, min: 1);
+        int? ffnLayerOption = line.Optional("ffn-layer") is null ? null : line.Int("ffn-layer", 0, min: 0);
+        int ffnTokens = line.Int("ffn-tokens", 64, min: 1);
+        int seed = line.Int("seed", 0);
+        bool json = line.Flag("json");
+        var device = CommonOptions.Device(line);
+        int threads = CommonOptions.Threads(line, fallback: 1);
+        line.RejectUnknown();
+        if ((modelDir is null) == (synthetic is null))
+            throw new UsageException("bench needs exactly one of --model <dense-hf-folder> or --synthetic <shape>");
+        if (synthetic is not null && (carvedDir is not null || calibrationPath is not null))
+            throw new UsageException("--carved and --calibration go with --model, not --synthetic");
+        if (carvedDir is not null && layoutText is not null)
+            throw new UsageException("--layout carves in memory; with --carved the folder's own layout is used. Give one of them.");
+
+        var clock = Stopwatch.StartNew();
+        LlamaForCausalLM dense, carved;
+        string source, layout;
+        double carveSeconds = 0;
+        if (synthetic is not null)
+        {
+            var config = SyntheticModels.Get(synthetic);
+            var parsed = MoeLayout.Parse(layoutText ?? "S2A2E16");
+            parsed.Validate(config.IntermediateSize);
+            Terminal.Info($"bench: building {synthetic} with random weights");
+            dense = SyntheticModels.Random(config, seed);
+            carved = SyntheticModels.Random(config, seed);
+            using (var calibration = RandomCalibration(config, samples, seqLen, seed))
+                carveSeconds = CarveInMemory(carved, parsed, calibration, cancel);
+            if (device.type != DeviceType.CPU)   // after carving: replacing a module after Module.to() fails in TorchSharp
+            {
+                dense.to(device);
+                carved.to(device);
+            }
+            (source, layout) = ($"synthetic:{synthetic}", parsed.ToString());
+        }
+        else
+        {
+            if (ModelFolder.IsCarved(modelDir!))
+                throw new UsageException($"'{modelDir}' is carved; pass the dense folder it came from as --model and the carved one as --carved");
+            dense = ModelFolder.Load(modelDir!, device: device);
+            if (carvedDir is not null)
+            {
+                if (!ModelFolder.IsCarved(carvedDir)) throw new UsageException($"--carved '{carvedDir}' is not a carved folder (its config.json has no cmoe section)");
+                carved = ModelFolder.Load(carvedDir, device: device);
+                var shape = ((MoeBlock)carved.Model.Layers[0].Mlp).Shape;
+                layout = LayoutName(shape);
+            }
+            else
+            {
+                var parsed = MoeLayout.Parse(layoutText ?? "S2A2E16");
+                parsed.Validate(dense.Config.IntermediateSize);
+                carved = ModelFolder.Load(modelDir!, device: device);
+                using var calibration = calibrationPath is null
+                    ? RandomCalibration(dense.Config, samples, seqLen, seed)
+                    : TextCalibration(modelDir!, calibrationPath, samples, seqLen, seed);
+                carveSeconds = CarveInMemory(carved, parsed, calibration, cancel);
+                layout = parsed.ToString();
+            }
+            source = Path.GetFullPath(modelDir!);
+        }
+        using var denseScope = dense;
+        using var carvedScope = carved;
+        var config0 = dense.Config;
+        int ffnLayer = ffnLayerOption ?? config0.NumLayers / 2;
+        if (ffnLayer >= config0.NumLayers) throw new UsageException($"--ffn-layer must be below {config0.NumLayers}");
+        var moeShape = ((MoeBlock)carved.Model.Layers[ffnLayer].Mlp).Shape;
+        double ideal = (double)moeShape.IntermediateSize / (moeShape.SharedSize + moeShape.ActiveExperts * (double)moeShape.ExpertSize);
+
+        var settings = new BenchSettings(promptTokens, decodeTokens, batch, repeats, ffnLayer, ffnTokens, seed);
+        double imbalance = InferenceBench.LoadImbalance(carved, ffnLayer, batch, promptTokens, seed + 1);
+        var (d, c) = InferenceBench.Run(dense, carved, settings, Terminal.Info, cancel);
+
+        var machine = MachineFacts(threads, device);
+        var result = new JsonObject
+        {
+            ["machine"] = machine,
+            ["model"] = new JsonObject
+            {
+                ["source"] = source,
+                ["layout"] = layout,
+                ["hidden_size"] = config0.HiddenSize,
+                ["intermediate_size"] = config0.IntermediateSize,
+                ["layers"] = config0.NumLayers,
+                ["heads"] = config0.NumHeads,
+                ["kv_heads"] = config0.NumKeyValueHeads,
+                ["vocab_size"] = config0.VocabSize,
+                ["shared_size"] = moeShape.SharedSize,
+                ["routed_experts"] = moeShape.RoutedExperts,
+                ["expert_size"] = moeShape.ExpertSize,
+                ["active_experts"] = moeShape.ActiveExperts,
+                ["active_ffn_fraction"] = Math.Round(moeShape.ActiveFraction, 4),
+                ["ideal_ffn_speedup"] = Math.Round(ideal, 4),
+                ["carve_seconds"] = Math.Round(carveSeconds, 2),
+                ["ffn_layer_load_max_over_mean"] = Math.Round(imbalance, 3),
+            },
+            ["settings"] = new JsonObject
+            {
+                ["prompt_tokens"] = promptTokens,
+                ["decode_tokens"] = decodeTokens,
+                ["batch"] = batch,
+                ["repeats"] = repeats,
+                ["ffn_layer"] = ffnLayer,
+                ["ffn_decode_tokens"] = Math.Min(ffnTokens, promptTokens),
+                ["seed"] = seed,
+                ["statistic"] = "median",
+            },
+            ["dense"] = SpeedJson(d),
+            ["carved"] = SpeedJson(c),
+            ["ratios"] = new JsonObject
+            {
+                ["prefill_speedup"] = Math.Round(c.PrefillTokensPerSecond / d.PrefillTokensPerSecond, 3),
+                ["decode_speedup"] = Math.Round(c.DecodeTokensPerSecond / d.DecodeTokensPerSecond, 3),
+                ["ffn_decode_speedup"] = Math.Round(d.FfnDecodeMicrosPerToken / c.FfnDecodeMicrosPerToken, 3),
+                ["ffn_prefill_speedup"] = Math.Round(d.FfnPrefillMicrosPerToken / c.FfnPrefillMicrosPerToken, 3),
+                ["ideal_ffn_speedup"] = Math.Round(ideal, 3),
+                ["ffn_decode_fraction_of_ideal"] = Math.Round(d.FfnDecodeMicrosPerToken / c.FfnDecodeMicrosPerToken / ideal, 3),
+            },
+            ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 1),
+        };
+        if (json)
+        {
+            Terminal.WriteJson(result);
+            return 0;
+        }
+        Console.WriteLine($"machine: {machine["processor"]}, {machine["logical_cores"]} logical cores, torch threads {threads}, {device}");
+        Console.WriteLine($"model:   {source}, carved {layout} (ideal FFN speed-up e/(s+a) = {ideal:F2}x; layer {ffnLayer} load max/mean {imbalance:F2})");
+        Console.WriteLine($"run:     batch {batch}, prompt {promptTokens}, decode {decodeTokens}, medians of {repeats}");
+        Console.WriteLine($"{"",-28}{"dense",12}{"carved",12}{"ratio",9}");
+        void Row(string what, double dv, double cv, bool higherIsBetter, string format) =>
+            Console.WriteLine($"{what,-28}{dv.ToString(format),12}{cv.ToString(format),12}{(higherIsBetter ? cv / dv : dv / cv),8:F2}x");
+        Row("prefill tokens/s", d.PrefillTokensPerSecond, c.PrefillTokensPerSecond, true, "F1");
+        Row("decode tokens/s", d.DecodeTokensPerSecond, c.DecodeTokensPerSecond, true, "F1");
+        Row("FFN decode us/token", d.FfnDecodeMicrosPerToken, c.FfnDecodeMicrosPerToken, false, "F1");
+        Row("FFN prefill us/token", d.FfnPrefillMicrosPerToken, c.FfnPrefillMicrosPerToken, false, "F2");
+        Console.WriteLine($"FFN decode speed-up is {d.FfnDecodeMicrosPerToken / c.FfnDecodeMicrosPerToken / ideal:P0} of ideal");
+        return 0;
+    }
+
+    private static JsonObject SpeedJson(ModelSpeed s) => new()
+    {
+        ["prefill_tokens_per_s"] = Math.Round(s.PrefillTokensPerSecond, 2),
+        ["decode_tokens_per_s"] = Math.Round(s.DecodeTokensPerSecond, 2),
+        ["decode_ms_per_token"] = Math.Round(s.DecodeMillisPerToken, 3),
+        ["ffn_decode_us_per_token"] = Math.Round(s.FfnDecodeMicrosPerToken, 2),
+        ["ffn_prefill_us_per_token"] = Math.Round(s.FfnPrefillMicrosPerToken, 3),
+    };
+
+    /// <summary>Processor name, core count, torch threads, runtime.</summary>
+    internal static JsonObject MachineFacts(int threads, Device device)
+    {
+        string processor = "unknown";
+        try
+        {
+            var name = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal));
+            if (name is not null) processor = name[(name.IndexOf(':') + 1)..].Trim();
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return new JsonObject
+        {
+            ["processor"] = processor,
+            ["logical_cores"] = Environment.ProcessorCount,
+            ["torch_threads"] = threads,
+            ["device"] = device.ToString(),
+            ["os"] = System.Runtime.InteropServices.RuntimeInformation.OSDescription,
+            ["dotnet"] = Environment.Version.ToString(),
+        };
+    }
+
+    private static string LayoutName(MoeShape shape)
+    {
+        int experts = shape.IntermediateSize / shape.ExpertSize;
+        return $"S{experts - shape.RoutedExperts}A{shape.ActiveExperts}E{experts}";
+    }
+
+    private static double CarveInMemory(LlamaForCausalLM model, MoeLayout layout, Tensor calibration, CancellationToken cancel)
+    {
+        using var bar = Terminal.Progress($"carve {layout}");
+        var report = MoeCarver.Carve(model, calibration, new CarveOptions { Layout = layout },
+            new Progress<(int Done, int Total)>(p => bar.Report((double)p.Done / p.Total, $"layer {p.Done}/{p.Total}")), cancel);
+        return report.Seconds;
+    }
+
+    private static Tensor RandomCalibration(LlamaConfig config, int samples, int seqLen, int seed)
+    {
+        using var gen = new TorchSharp.torch.Generator((ulong)seed + 1000);
+        return randint(0, config.VocabSize, [samples, seqLen], dtype: ScalarType.Int64, generator: gen);
+    }
+
+    private static Tensor TextCalibration(string modelDir, string path, int samples, int seqLen, int seed)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"Calibration text '{path}' does not exist.");
+        var tokenizer = TokenizerLoader.FromFolder(modelDir);
+        return tensor(CalibrationSampler.Sample(tokenizer.Encode(File.ReadAllText(path), addBos: true), samples, seqLen, seed));
+    }
+}
