@@ -46,6 +46,7 @@ public sealed class SweepExperiment
     /// <param name="cancel">Cancels between and inside trials (throws <see cref="OperationCanceledException"/>).</param>
     public SweepResult Run(IProgress<SweepProgress>? progress = null, CancellationToken cancel = default)
     {
+        cancel.ThrowIfCancellationRequested();
         var clock = Stopwatch.StartNew();
         var options = Options;
         var order = options.Space.Order(options.Strategy, options.Seed);
