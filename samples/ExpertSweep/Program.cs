@@ -10,7 +10,7 @@ using CMoE.Modeling.Tokenization;
 using CMoE.Sweeps;
 
 double target = 0.5;      // recommend the best perplexity with at most this active FFN fraction
-int threads = 2;
+int threads = 1;        // one libtorch thread: on a shared 2-core box, 2 threads oversubscribe and decode slows several-fold
 bool quick = false;       // fewer layouts and windows (used by the smoke test)
 for (int i = 0; i < args.Length; i++)
 {

@@ -62,13 +62,19 @@ internal static class SweepPlot
             s.LineWidth = 2;
             s.LegendText = "Pareto front";
         }
-        foreach (var t in points)
+        // Labels of points that nearly coincide (same fraction, close metric) are stacked, not overprinted.
+        double xRange = Math.Max(points.Select(x).DefaultIfEmpty(0).Max() - points.Select(x).DefaultIfEmpty(0).Min(), 1e-9);
+        double yRange = Math.Max(points.Select(t => t.Metric).DefaultIfEmpty(0).Max() - points.Select(t => t.Metric).DefaultIfEmpty(0).Min(), 1e-9);
+        var placed = new List<SweepTrial>();
+        foreach (var t in points.OrderByDescending(t => t.Metric))
         {
+            int clashes = placed.Count(p => Math.Abs(x(p) - x(t)) < 0.08 * xRange && Math.Abs(p.Metric - t.Metric) < 0.05 * yRange);
+            placed.Add(t);
             var label = plot.Add.Text(t.Candidate.ToString(), x(t), t.Metric);
             label.LabelFontSize = 13;
             label.LabelFontColor = onFront(t) ? Colors.Crimson : Colors.Black;
             label.OffsetX = 7;
-            label.OffsetY = -7;
+            label.OffsetY = -7 + 24 * clashes;
         }
         if (result.Dense is { } dense && denseX is { } dx && double.IsFinite(dx) && double.IsFinite(dense.Metric))
         {
