@@ -8,6 +8,7 @@ var commands = new Dictionary<string, ICommand>(StringComparer.Ordinal)
     ["eval"] = new EvalCommand(),
     ["carve"] = new CarveCommand(),
     ["bench"] = new BenchCommand(),
+    ["sweep"] = new SweepCommand(),
 };
 
 if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
