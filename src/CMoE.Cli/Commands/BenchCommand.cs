@@ -234,8 +234,8 @@ internal sealed class BenchCommand : ICommand
 
     private static Tensor TextCalibration(string modelDir, string path, int samples, int seqLen, int seed)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"Calibration text '{path}' does not exist.");
+        string text = CommonOptions.ReadText(path, "Calibration");
         var tokenizer = TokenizerLoader.FromFolder(modelDir);
-        return tensor(CalibrationSampler.Sample(tokenizer.Encode(File.ReadAllText(path), addBos: true), samples, seqLen, seed));
+        return tensor(CalibrationSampler.Sample(tokenizer.Encode(text, addBos: true), samples, seqLen, seed));
     }
 }

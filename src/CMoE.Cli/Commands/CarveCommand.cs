@@ -44,13 +44,9 @@ internal sealed class CarveCommand : ICommand
         int threads = CommonOptions.Threads(line);
         line.RejectUnknown();
 
-        var config = Modeling.LlamaConfig.Load(modelDir);
-        if (ModelFolder.IsCarved(modelDir))
-            throw new ArgumentException($"'{modelDir}' is already carved; carve the dense model it came from.");
+        var config = CommonOptions.DenseConfig(modelDir, "carve");
         options.Validate(config.IntermediateSize);   // fail on a bad layout before any heavy work
-        if (!File.Exists(calibrationPath)) throw new FileNotFoundException($"Calibration text '{calibrationPath}' does not exist.");
-        string text = File.ReadAllText(calibrationPath);
-        if (text.Length == 0) throw new ArgumentException($"Calibration text '{calibrationPath}' is empty.");
+        string text = CommonOptions.ReadText(calibrationPath, "Calibration");
 
         var tokenizer = TokenizerLoader.FromFolder(modelDir);
         var windows = CalibrationSampler.Sample(tokenizer.Encode(text, addBos: true), samples, seqLen, seed);

@@ -16,6 +16,24 @@ internal static class CommonOptions
         return TorchRuntime.Threads;
     }
 
+    /// <summary>Reads a non-empty text file named by an option; <paramref name="what"/> names it in messages.</summary>
+    public static string ReadText(string path, string what)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"{what} text '{path}' does not exist.", path);
+        string text = File.ReadAllText(path);
+        if (text.Length == 0) throw new ArgumentException($"{what} text '{path}' is empty; give a text with some content.");
+        return text;
+    }
+
+    /// <summary>The config of a dense model folder; a carved folder is rejected (it cannot be carved or swept again).</summary>
+    public static Modeling.LlamaConfig DenseConfig(string modelDir, string verb)
+    {
+        var config = Modeling.LlamaConfig.Load(modelDir);
+        if (Modeling.IO.ModelFolder.IsCarved(modelDir))
+            throw new ArgumentException($"'{modelDir}' is already carved; {verb} the dense model it came from.");
+        return config;
+    }
+
     /// <summary>Resolves --device/--libtorch (default cpu unless stated).</summary>
     public static torch.Device Device(CommandLine line, string fallback = "cpu")
     {

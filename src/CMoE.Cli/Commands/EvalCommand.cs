@@ -33,9 +33,7 @@ internal sealed class EvalCommand : ICommand
         line.RejectUnknown();
 
         Modeling.LlamaConfig.Load(modelDir);   // fail on a bad model folder before reading anything else
-        if (!File.Exists(textPath)) throw new FileNotFoundException($"Text file '{textPath}' does not exist.");
-        string text = File.ReadAllText(textPath);
-        if (text.Length == 0) throw new ArgumentException($"Text file '{textPath}' is empty; give a text with at least {seqLen} tokens.");
+        string text = CommonOptions.ReadText(textPath, "Evaluation");
         var tokenizer = TokenizerLoader.FromFolder(modelDir);
         using var model = ModelFolder.Load(modelDir, device: device);
         var stream = tokenizer.Encode(text, addBos: true);

@@ -69,15 +69,13 @@ internal sealed class SweepCommand : ICommand
         int threads = CommonOptions.Threads(line);
         line.RejectUnknown();
 
-        var config = Modeling.LlamaConfig.Load(modelDir);
-        if (ModelFolder.IsCarved(modelDir))
-            throw new ArgumentException($"'{modelDir}' is already carved; sweep the dense model it came from.");
+        var config = CommonOptions.DenseConfig(modelDir, "sweep");
         var space = layouts is null
             ? SweepSpace.Standard(config.IntermediateSize, scores, kActs)
             : SweepSpace.Parse(layouts, scores, kActs);
         space.Validate(config.IntermediateSize);          // fail on a bad layout before any heavy work
-        string calibrationText = ReadText(calibrationPath, "Calibration");
-        string evalText = ReadText(evalPath, "Evaluation");
+        string calibrationText = CommonOptions.ReadText(calibrationPath, "Calibration");
+        string evalText = CommonOptions.ReadText(evalPath, "Evaluation");
 
         var tokenizer = TokenizerLoader.FromFolder(modelDir);
         var windows = CalibrationSampler.Sample(tokenizer.Encode(calibrationText, addBos: true), samples, seqLen, seed);
@@ -153,13 +151,6 @@ internal sealed class SweepCommand : ICommand
         return 0;
     }
 
-    private static string ReadText(string path, string what)
-    {
-        if (!File.Exists(path)) throw new FileNotFoundException($"{what} text '{path}' does not exist.");
-        string text = File.ReadAllText(path);
-        if (text.Length == 0) throw new ArgumentException($"{what} text '{path}' is empty.");
-        return text;
-    }
 
     private static List<T> ParseList<T>(string text, string option, Func<string, T?> parse) where T : struct =>
         text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
