@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace CMoE.Tests.Modeling;
 
 /// <summary>The dense forward pass against Hugging Face transformers' fp32 outputs on tinyref-llama.</summary>
-public class GoldenLogitsTests
+public class GoldenLogitsTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     [SharedFact]
     public void DenseForwardMatchesHuggingFaceGoldens()
@@ -28,6 +28,7 @@ public class GoldenLogitsTests
         var nllMeanAbs = (nll - expectedNll).abs().mean().item<float>();
         var argmaxAgreement = logits.argmax(-1).eq(expectedArgmax).to(ScalarType.Float32).mean().item<float>();
 
+        output.WriteLine($"max |logit diff| {maxAbs:E3}; mean |NLL diff| {nllMeanAbs:E3}; argmax agreement {argmaxAgreement:P2}");
         maxAbs.Should().BeLessThan(1e-3f, "fp32 logits must match Hugging Face within 1e-3 (max abs)");
         nllMeanAbs.Should().BeLessThan(1e-4f, "per-token NLL must match within 1e-4 (mean abs)");
         argmaxAgreement.Should().BeGreaterThanOrEqualTo(0.995f);
