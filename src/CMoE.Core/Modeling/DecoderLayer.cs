@@ -35,6 +35,7 @@ public sealed class DecoderLayer : nn.Module
     {
         var old = mlp;
         mlp = replacement;
+        register_module("mlp", null!);            // TorchSharp: a null module unregisters the name
         register_module("mlp", replacement);
         if (!ReferenceEquals(old, replacement)) old.Dispose();
     }
