@@ -116,7 +116,11 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         var order = flatExperts.argsort();                                             // [n*a] grouped by expert
         var tokenOfPair = order.div(a, rounding_mode: RoundingMode.floor);             // [n*a]
         var counts = flatExperts.bincount(null, minlength: Shape.RoutedExperts);             // [E]
-        if (RecordLoad) LastExpertCounts = counts.detach().cpu().MoveToOuterDisposeScope();
+        if (RecordLoad)
+        {
+            LastExpertCounts?.Dispose();                                               // owned by the block, outlives forward's scopes
+            LastExpertCounts = counts.detach().cpu().DetachFromDisposeScope();
+        }
         long[] perExpert = counts.cpu().data<long>().ToArray();
         var xs = tokens.index_select(0, tokenOfPair);                                  // [n*a, d] grouped
         var gs = gates.flatten().index_select(0, order).unsqueeze(-1);                 // [n*a, 1]
