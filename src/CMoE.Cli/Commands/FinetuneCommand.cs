@@ -92,7 +92,7 @@ internal sealed class FinetuneCommand : ICommand
         FineTuneReport report;
         using (var bar = Terminal.Progress($"finetune {options.Mode.ToString().ToLowerInvariant()}"))
             report = tuner.Train(ids, new Progress<FineTuneProgress>(p => bar.Report((double)p.Step / p.Steps,
-                $"step {p.Step}/{p.Steps} loss {p.Loss:F3} {p.TokensPerSecond:F0} tok/s ETA {p.Eta:hh\\:mm\\:ss}")), cancel, checkpoint, checkpointEvery);
+                $"step {p.Step}/{p.Steps} loss {p.Loss:F3} {p.TokensPerSecond:F0} tok/s ETA {(int)p.Eta.TotalHours}:{p.Eta:mm\\:ss}")), cancel, checkpoint, checkpointEvery);
         tuner.Finish(keepAdapters);
 
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(modelDir, "config.json")))!.AsObject();

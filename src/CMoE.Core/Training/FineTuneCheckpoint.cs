@@ -65,16 +65,22 @@ public static class FineTuneCheckpoint
         if (mode != options.Mode.ToString().ToLowerInvariant() || (options.Mode == FineTuneMode.Lora && rank != options.LoraRank)
             || seed != options.Seed || batch != options.BatchSize)
             throw new ArgumentException($"The checkpoint in '{folder}' was taken with mode {mode}, rank {rank}, seed {seed}, batch {batch}; resume with the same options.");
-        using var file = SafeTensorsFile.Open(Path.Combine(folder, "state.safetensors"));
+        CopyInto(Path.Combine(folder, "state.safetensors"), state);
+        return header["step"]!.GetValue<int>();
+    }
+
+    /// <summary>Copies every tensor of <paramref name="state"/> from the safetensors file (names and shapes must match).</summary>
+    internal static void CopyInto(string path, IEnumerable<KeyValuePair<string, Tensor>> state)
+    {
+        using var file = SafeTensorsFile.Open(path);
         using var noGrad = no_grad();
         foreach (var (name, target) in state)
         {
-            if (!file.Contains(name)) throw new CMoEFormatException($"The checkpoint in '{folder}' lacks '{name}'; it belongs to another model.");
+            if (!file.Contains(name)) throw new CMoEFormatException($"'{path}' lacks '{name}'; it belongs to another model or another LoRA rank.");
             using var value = file.Load(name);
             if (!value.shape.SequenceEqual(target.shape))
-                throw new CMoEFormatException($"Checkpoint tensor '{name}' has shape [{string.Join(", ", value.shape)}], the model expects [{string.Join(", ", target.shape)}].");
+                throw new CMoEFormatException($"Tensor '{name}' in '{path}' has shape [{string.Join(", ", value.shape)}], the model expects [{string.Join(", ", target.shape)}].");
             target.copy_(value);
         }
-        return header["step"]!.GetValue<int>();
     }
 }

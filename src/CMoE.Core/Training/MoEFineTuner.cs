@@ -65,7 +65,7 @@ public sealed class MoEFineTuner : IDisposable
     /// <summary>
     /// One epoch (or <see cref="FineTuneOptions.MaxSteps"/> steps) over <paramref name="windows"/> [n, t] (int64
     /// token ids), in an order drawn from the seed, continuing after <see cref="CompletedSteps"/>. Each step runs in
-    /// train mode; <paramref name="checkpoint"/> (optional) is written every <paramref name="checkpointEvery"/>
+    /// train mode (eval mode is restored on return); <paramref name="checkpoint"/> (optional) is written every <paramref name="checkpointEvery"/>
     /// steps and when cancelled.
     /// </summary>
     public FineTuneReport Train(Tensor windows, IProgress<FineTuneProgress>? progress = null, CancellationToken cancel = default,
@@ -126,6 +126,7 @@ public sealed class MoEFineTuner : IDisposable
         {
             foreach (var b in _blocks) b.RecordLoad = false;
             optimizer.zero_grad();
+            _model.eval();                                                                   // the decode fast paths need !training
         }
         double seconds = clock.Elapsed.TotalSeconds;
         return new FineTuneReport(CompletedSteps, CompletedSteps - startStep, seconds, tokens / Math.Max(seconds, 1e-9),
@@ -162,6 +163,16 @@ public sealed class MoEFineTuner : IDisposable
                 yield return new($"model.layers.{i}.mlp.router.scale", b.Router.Scale);
                 yield return new($"model.layers.{i}.mlp.router.bias", b.Router.Bias);
             }
+    }
+
+    /// <summary>
+    /// Loads LoRA adapters saved by <c>cmoe finetune --keep-adapters</c> (<c>adapters.safetensors</c>) into this
+    /// tuner's adapters (same rank); <see cref="Finish"/> then merges them.
+    /// </summary>
+    public void LoadAdapters(string path)
+    {
+        if (_lora is null) throw new InvalidOperationException("Adapters exist only in LoRA mode.");
+        FineTuneCheckpoint.CopyInto(path, _lora.StateDict());
     }
 
     /// <summary>Writes a resumable checkpoint folder (see <see cref="FineTuneCheckpoint"/>).</summary>

@@ -72,6 +72,40 @@ public class MoEFineTunerTests(CarvedTinyrefFixture tinyref) : IClassFixture<Car
         (merged - plain).abs().max().item<float>().Should().BeLessThan(1e-4f);
     }
 
+    [SharedFact]
+    public void SavedAdaptersReloadIntoAFreshModel()
+    {
+        TorchTestSetup.Pin();
+        using var ids = tinyref.Windows(1, 16, seed: 10);
+        string path = Path.Combine(Path.GetTempPath(), $"cmoe-adapters-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            Tensor expected;
+            using (var model = tinyref.Load())
+            using (var tuner = new MoEFineTuner(model, new FineTuneOptions { Seed = 11 }))
+            {
+                using (no_grad())
+                    foreach (var (_, t) in tuner.AdapterState()) t.copy_(randn_like(t) * 0.02);
+                model.eval();
+                expected = Forward(model, ids);
+                CMoE.Modeling.IO.SafeTensorsWriter.Write(path, tuner.AdapterState());
+            }
+            using (expected)
+            using (var model = tinyref.Load())
+            using (var tuner = new MoEFineTuner(model, new FineTuneOptions { Seed = 12 }))
+            {
+                tuner.LoadAdapters(path);
+                tuner.Finish();
+                using var actual = Forward(model, ids);
+                (actual - expected).abs().max().item<float>().Should().BeLessThan(1e-4f);
+            }
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
     private static Tensor Forward(LlamaForCausalLM model, Tensor ids)
     {
         using var noGrad = no_grad();
