@@ -32,6 +32,7 @@ internal sealed class EvalCommand : ICommand
         int threads = CommonOptions.Threads(line);
         line.RejectUnknown();
 
+        Modeling.LlamaConfig.Load(modelDir);   // fail on a bad model folder before reading anything else
         if (!File.Exists(textPath)) throw new FileNotFoundException($"Text file '{textPath}' does not exist.");
         string text = File.ReadAllText(textPath);
         if (text.Length == 0) throw new ArgumentException($"Text file '{textPath}' is empty; give a text with at least {seqLen} tokens.");

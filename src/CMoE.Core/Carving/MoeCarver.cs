@@ -87,6 +87,35 @@ public static class MoeCarver
         return new CarveReport(options.Layout, clock.Elapsed.TotalSeconds, reports, options.Layout.ActiveFraction);
     }
 
+    /// <summary>
+    /// Carves every dense FFN of <paramref name="model"/> in place from a one-pass profile (no re-profiling:
+    /// a sweep calls this once per layout on a fresh copy of the dense model).
+    /// </summary>
+    public static CarveReport CarveFromProfile(LlamaForCausalLM model, ActivationProfile profile, MoeLayout layout, int iterations = 1,
+        IProgress<(int Done, int Total)>? progress = null, CancellationToken cancel = default)
+    {
+        var config = model.Config;
+        new CarveOptions { Layout = layout, KAct = profile.KAct, Score = profile.Score, Iterations = iterations }.Validate(config.IntermediateSize);
+        if (profile.Layers != config.NumLayers || profile.IntermediateSize != config.IntermediateSize)
+            throw new ArgumentException($"The profile ({profile.Layers} layers x {profile.IntermediateSize} neurons) does not belong to this model ({config.NumLayers} x {config.IntermediateSize}).");
+        var clock = Stopwatch.StartNew();
+        var reports = new List<LayerCarveReport>();
+        using var noGrad = no_grad();
+        for (int l = 0; l < config.NumLayers; l++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var layer = model.Model.Layers[l];
+            if (layer.Mlp is not SwiGluMlp dense)
+                throw new InvalidOperationException($"Layer {l} is already carved; carve a dense model.");
+            var t0 = Stopwatch.GetTimestamp();
+            var partition = ExpertPartitioner.Partition(profile.Markers(l), layout, iterations);
+            layer.ReplaceMlp(MoeBlock.FromDense(dense, partition.Shared, partition.Routed, partition.Representatives, layout.Active));
+            reports.Add(new LayerCarveReport(l, 0, Stopwatch.GetElapsedTime(t0).TotalSeconds, partition.AssignmentCost));
+            progress?.Report((l + 1, config.NumLayers));
+        }
+        return new CarveReport(layout, clock.Elapsed.TotalSeconds, reports, layout.ActiveFraction);
+    }
+
     private static IEnumerable<Tensor> Batches(Tensor ids, int batch)
     {
         for (long start = 0; start < ids.shape[0]; start += batch)

@@ -35,8 +35,7 @@ public sealed class DecoderLayer : nn.Module
     {
         var old = mlp;
         mlp = replacement;
-        register_module("mlp", null!);            // TorchSharp: a null module unregisters the name
-        register_module("mlp", replacement);
+        _internal_submodules["mlp"] = replacement;   // replace in place, keeping the key order
         if (!ReferenceEquals(old, replacement)) old.Dispose();
     }
 
