@@ -9,6 +9,7 @@ var commands = new Dictionary<string, ICommand>(StringComparer.Ordinal)
     ["carve"] = new CarveCommand(),
     ["bench"] = new BenchCommand(),
     ["sweep"] = new SweepCommand(),
+    ["finetune"] = new FinetuneCommand(),
 };
 
 if (args.Length == 0 || args[0] is "--help" or "-h" or "help")

@@ -29,6 +29,14 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     /// <summary>The bias [out], or null.</summary>
     public Parameter? Bias => bias;
 
-    /// <summary>x [..., in] -> [..., out].</summary>
-    public override Tensor forward(Tensor x) => F.linear(x, weight, bias);
+    /// <summary>An optional low-rank term added to the output (LoRA while fine-tuning); not part of the state dict.</summary>
+    internal IProjectionAdapter? Adapter { get; set; }
+
+    /// <summary>x [..., in] -> [..., out] (+ the adapter's low-rank term when one is attached).</summary>
+    public override Tensor forward(Tensor x)
+    {
+        if (Adapter is null) return F.linear(x, weight, bias);
+        using var scope = NewDisposeScope();
+        return (F.linear(x, weight, bias) + Adapter.Delta(x, training)).MoveToOuterDisposeScope();
+    }
 }

@@ -37,9 +37,11 @@ public static class CarvedFolder
 
     /// <summary>
     /// Writes a carved model to <paramref name="outputFolder"/>. <paramref name="sourceFolder"/> supplies the
-    /// original config.json keys and tokenizer files; <paramref name="carving"/> is stored as provenance.
+    /// original config.json keys and tokenizer files; <paramref name="carving"/> is stored as provenance;
+    /// <paramref name="extraFiles"/> (optional) writes further files into the temporary folder before it is moved into place.
     /// </summary>
-    public static void Save(LlamaForCausalLM model, string sourceFolder, string outputFolder, string layout, JsonObject? carving = null)
+    public static void Save(LlamaForCausalLM model, string sourceFolder, string outputFolder, string layout, JsonObject? carving = null,
+        Action<string>? extraFiles = null)
     {
         var blocks = model.Model.Layers.Select(l => l.Mlp as MoeBlock).ToList();
         if (blocks.Any(b => b is null))
@@ -72,6 +74,7 @@ public static class CarvedFolder
                 string src = Path.Combine(sourceFolder, file);
                 if (File.Exists(src)) File.Copy(src, Path.Combine(tmp, file));
             }
+            extraFiles?.Invoke(tmp);
         });
     }
 

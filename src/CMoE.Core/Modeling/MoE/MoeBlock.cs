@@ -159,7 +159,11 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         using (var host = selected.cpu().contiguous()) flat = host.data<long>().ToArray();
         var counts = new long[e];
         foreach (long j in flat) counts[j]++;
-        if (RecordLoad) LastExpertCounts = tensor(counts).MoveToOuterDisposeScope();
+        if (RecordLoad)
+        {
+            LastExpertCounts?.Dispose();                        // owned by the block, outlives forward's scopes
+            LastExpertCounts = tensor(counts).DetachFromDisposeScope();
+        }
         var next = new long[e];                                                        // counting sort, stable
         for (int j = 1; j < e; j++) next[j] = next[j - 1] + counts[j - 1];
         var order = new long[flat.Length];                                             // pair index, grouped by expert

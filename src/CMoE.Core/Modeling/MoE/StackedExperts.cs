@@ -46,12 +46,16 @@ public sealed class StackedExperts : nn.Module
     /// training mode. Anything that makes <see cref="Expert"/> differ from the raw weights (e.g.
     /// unmerged adapters) must make this false.
     /// </summary>
-    public bool RawWeightsUsable => !training;
+    public bool RawWeightsUsable => !training && Adapter is null;
+
+    /// <summary>Optional low-rank terms on every expert's matrices (LoRA while fine-tuning); not part of the state dict.</summary>
+    internal IExpertAdapter? Adapter { get; set; }
 
     /// <summary>Expert j on its tokens: x [n, d] -> W_down_j (SiLU(W_gate_j x) * (W_up_j x)) [n, d].</summary>
     public Tensor Expert(long j, Tensor x)
     {
         using var scope = NewDisposeScope();
+        if (Adapter is { } lora) return AdaptedExpert(lora, j, x).MoveToOuterDisposeScope();
         var h = F.silu(F.linear(x, gate_proj[j])) * F.linear(x, up_proj[j]);   // [n, m]
         return F.linear(h, down_proj[j]).MoveToOuterDisposeScope();            // [n, d]
     }
@@ -104,5 +108,14 @@ public sealed class StackedExperts : nn.Module
     {
         if (disposing) DisposeViews();
         base.Dispose(disposing);
+    }
+
+    /// <summary>Expert j with each matrix W replaced by W + (low-rank term): same shapes as <see cref="Expert"/>.</summary>
+    private Tensor AdaptedExpert(IExpertAdapter lora, long j, Tensor x)
+    {
+        var g = F.linear(x, gate_proj[j]) + lora.Delta(ExpertMatrix.Gate, j, x, training);   // [n, m]
+        var u = F.linear(x, up_proj[j]) + lora.Delta(ExpertMatrix.Up, j, x, training);       // [n, m]
+        var h = F.silu(g) * u;                                                               // [n, m]
+        return F.linear(h, down_proj[j]) + lora.Delta(ExpertMatrix.Down, j, h, training);    // [n, d]
     }
 }
