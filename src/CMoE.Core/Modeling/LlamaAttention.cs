@@ -15,14 +15,27 @@ public sealed class LlamaAttention : nn.Module
     private readonly Projection v_proj;
     private readonly Projection o_proj;
     private readonly int _heads, _kvHeads, _headDim;
+    private readonly FusedWeights? _qkv;   // q_proj|k_proj|v_proj weights as one block (no q/k/v bias)
+    private Tensor? _ropeSign;              // [head_dim]: -1 on the first half, +1 on the second
 
     /// <summary>Creates the attention block with uninitialised weights.</summary>
     public LlamaAttention(LlamaConfig c, ScalarType dtype = ScalarType.Float32) : base(nameof(LlamaAttention))
     {
         (_heads, _kvHeads, _headDim) = (c.NumHeads, c.NumKeyValueHeads, c.HeadDim);
-        q_proj = new Projection(c.HiddenSize, _heads * _headDim, c.QkvBias, dtype);
-        k_proj = new Projection(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, dtype);
-        v_proj = new Projection(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, dtype);
+        if (c.QkvBias)
+        {
+            q_proj = new Projection(c.HiddenSize, _heads * _headDim, c.QkvBias, dtype);
+            k_proj = new Projection(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, dtype);
+            v_proj = new Projection(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, dtype);
+        }
+        else
+        {
+            (_qkv, var parts) = FusedWeights.Allocate(c.HiddenSize, [_heads * _headDim, _kvHeads * _headDim, _kvHeads * _headDim], dtype);
+            q_proj = new Projection(parts[0]);
+            k_proj = new Projection(parts[1]);
+            v_proj = new Projection(parts[2]);
+            _qkv.Bind(q_proj.Weight, k_proj.Weight, v_proj.Weight);
+        }
         o_proj = new Projection(_heads * _headDim, c.HiddenSize, c.OutputBias, dtype);
         RegisterComponents();
     }
@@ -38,11 +51,24 @@ public sealed class LlamaAttention : nn.Module
     {
         using var scope = NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
-        var q = q_proj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);     // [b, H, t, hd]
-        var k = k_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);   // [b, KV, t, hd]
-        var v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);   // [b, KV, t, hd]
-        q = RotaryEmbedding.Apply(q, cos, sin);
-        k = RotaryEmbedding.Apply(k, cos, sin);
+        Tensor q, k, v;
+        if (RawQkv(x) is { } qkvWeight)
+        {
+            // Inference fast path: one product for q|k|v, the rotation applied to q and k together.
+            var qkv = F.linear(x, qkvWeight).view(b, t, _heads + 2 * _kvHeads, _headDim);          // [b, t, H + 2 KV, hd]
+            var qk = RotaryEmbedding.ApplyHeadsLast(qkv.narrow(2, 0, _heads + _kvHeads), cos, sin, RopeSign(x)); // [b, t, H + KV, hd]
+            q = qk.narrow(2, 0, _heads).transpose(1, 2);                                            // [b, H, t, hd]
+            k = qk.narrow(2, _heads, _kvHeads).transpose(1, 2);                                     // [b, KV, t, hd]
+            v = qkv.narrow(2, _heads + _kvHeads, _kvHeads).transpose(1, 2);                         // [b, KV, t, hd]
+        }
+        else
+        {
+            q = q_proj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);     // [b, H, t, hd]
+            k = k_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);   // [b, KV, t, hd]
+            v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);   // [b, KV, t, hd]
+            q = RotaryEmbedding.Apply(q, cos, sin);
+            k = RotaryEmbedding.Apply(k, cos, sin);
+        }
         long past = cache?.Length ?? 0;
         if (cache is not null) (k, v) = cache.Append(layer, k, v);                  // [b, KV, past + t, hd]
         if (t == 1 && past > 0 && _kvHeads != _heads)
@@ -63,6 +89,34 @@ public sealed class LlamaAttention : nn.Module
             : F.scaled_dot_product_attention(q, k, v, attn_mask: t > 1 ? OffsetCausalMask(t, past, x.device) : null);
         var merged = attn.transpose(1, 2).reshape(b, t, _heads * _headDim);          // [b, t, H*hd]
         return o_proj.forward(merged).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The q|k|v weight block when the fused inference path applies to <paramref name="x"/>, else null.</summary>
+    private Tensor? RawQkv(Tensor x)
+    {
+        if (_qkv is null || !q_proj.RawWeightsUsable || !k_proj.RawWeightsUsable || !v_proj.RawWeightsUsable) return null;
+        if (!FusedWeights.NoGradNeeded(x, q_proj.Weight) || k_proj.Weight.requires_grad || v_proj.Weight.requires_grad) return null;
+        return _qkv.TryGet([q_proj.Weight, k_proj.Weight, v_proj.Weight]);
+    }
+
+    /// <summary>The rotation's sign vector [head_dim] in x's dtype and device (cached).</summary>
+    private Tensor RopeSign(Tensor x)
+    {
+        if (_ropeSign is null || _ropeSign.dtype != x.dtype || _ropeSign.device != x.device)
+        {
+            _ropeSign?.Dispose();
+            long half = _headDim / 2;
+            using var scope = NewDisposeScope();
+            _ropeSign = cat([full(half, -1.0, dtype: x.dtype, device: x.device), ones(half, dtype: x.dtype, device: x.device)]).DetachFromDisposeScope();
+        }
+        return _ropeSign;
+    }
+
+    /// <summary>Frees the cached sign vector with the weights.</summary>
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _ropeSign?.Dispose();
+        base.Dispose(disposing);
     }
 
     /// <summary>Boolean mask [t, past + t]: query i sees keys 0..past + i.</summary>

@@ -23,6 +23,20 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>A projection whose weight is <paramref name="weightStorage"/> [out, in] (e.g. a view of a <see cref="FusedWeights"/> block).</summary>
+    internal Projection(Tensor weightStorage) : base(nameof(Projection))
+    {
+        weight = new Parameter(weightStorage, requires_grad: false);
+        RegisterComponents();
+    }
+
+    /// <summary>
+    /// Whether inference fast paths may read <see cref="Weight"/> directly (e.g. fused with sibling
+    /// projections) instead of calling <see cref="forward"/>: true when not in training mode. Anything
+    /// that makes <see cref="forward"/> differ from x W^T (+ b), e.g. an unmerged adapter, must make this false.
+    /// </summary>
+    public bool RawWeightsUsable => !training;
+
     /// <summary>The weight [out, in].</summary>
     public Parameter Weight => weight;
 

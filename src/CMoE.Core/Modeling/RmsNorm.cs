@@ -22,6 +22,13 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
+        if (x.dtype == ScalarType.Float32 && weight.dtype == ScalarType.Float32)
+        {
+            // fp32: no casts; the normalisation's intermediates are updated in place (same values).
+            var r = x.square().mean([-1], keepdim: true).add_(_eps).rsqrt_();             // [..., 1]
+            var y = x * r;                                                              // [..., d]
+            return (weight.requires_grad && is_grad_enabled() ? weight * y : y.mul_(weight)).MoveToOuterDisposeScope();
+        }
         var x32 = x.to(ScalarType.Float32);                                       // [..., d]
         var variance = x32.pow(2).mean([-1], keepdim: true);                       // [..., 1]
         var normed = (x32 * rsqrt(variance + _eps)).to(x.dtype);                    // [..., d]

@@ -44,7 +44,9 @@ public sealed class RotaryEmbedding : IDisposable
                 _cos = emb.cos().DetachFromDisposeScope();
                 _sin = emb.sin().DetachFromDisposeScope();
             }
-            return (_cos.narrow(0, start, length).to(dtype, device), _sin!.narrow(0, start, length).to(dtype, device));
+            Tensor cos = _cos.narrow(0, start, length), sin = _sin!.narrow(0, start, length);
+            if (dtype == ScalarType.Float32 && device.type == TorchSharp.DeviceType.CPU) return (cos, sin);   // the tables' own dtype and device
+            using (cos) using (sin) return (cos.to(dtype, device), sin.to(dtype, device));
         }
     }
 
@@ -55,6 +57,20 @@ public sealed class RotaryEmbedding : IDisposable
         long half = x.shape[^1] / 2;
         var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);     // rotate_half(x)
         return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The same rotation for x [batch, seq, heads, head_dim] (heads after positions, e.g. q and k side by
+    /// side), in 4 tensor operations: x cos + roll(x, head_dim / 2) (sign sin), where sign is -1 on the
+    /// first half and +1 on the second, so roll(x) sign = rotate_half(x) exactly.
+    /// </summary>
+    internal static Tensor ApplyHeadsLast(Tensor x, Tensor cos, Tensor sin, Tensor sign)
+    {
+        using var scope = NewDisposeScope();
+        long half = x.shape[^1] / 2;
+        var signedSin = (sin * sign).unsqueeze(1);                                          // [seq, 1, head_dim]
+        var y = x * cos.unsqueeze(1);                                                       // [b, seq, heads, head_dim]
+        return y.addcmul_(x.roll(half, -1), signedSin, 1).MoveToOuterDisposeScope();
     }
 
     /// <summary>Llama 3.1's frequency schedule (smooth interpolation between low and high frequencies).</summary>

@@ -179,10 +179,13 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         var gs = gates.flatten().index_select(0, tensor(order, device: tokens.device)).unsqueeze(-1); // [n*a, 1]
         var outputs = new List<Tensor>(e);
         long offset = 0;
+        bool raw = experts.RawWeightsUsable && !(is_grad_enabled() && (tokens.requires_grad || experts.Gate.requires_grad || experts.Up.requires_grad || experts.Down.requires_grad));
+        if (raw) experts.PrepareRaw();
         for (int j = 0; j < e; j++)
         {
             if (counts[j] == 0) continue;
-            outputs.Add(experts.Expert(j, xs.narrow(0, offset, counts[j])));          // [c_j, d]
+            var xj = xs.narrow(0, offset, counts[j]);
+            outputs.Add(raw ? experts.ExpertRaw(j, xj) : experts.Expert(j, xj));      // [c_j, d]
             offset += counts[j];
         }
         var routed = (outputs.Count == 1 ? outputs[0] : cat(outputs, 0)) * gs;         // [n*a, d]

@@ -20,15 +20,25 @@ public sealed class StackedExperts : nn.Module
     private readonly Parameter gate_proj;
     private readonly Parameter up_proj;
     private readonly Parameter down_proj;
-    // Per-expert views [m, d], [m, d], [d, m] of the stacks, rebuilt when a stack's storage changes (e.g. .to(device)).
-    private Tensor[]? _gateViews, _upViews, _downViews;
+    // gate_proj and up_proj are views of one [E, 2m, d] block, so expert j's W_gate|W_up is the contiguous block[j] [2m, d].
+    // (Held in an array so RegisterComponents does not make it a state-dict buffer.)
+    private readonly Tensor[] _gateUpBlock;
+    private readonly (IntPtr Gate, IntPtr Up) _blockOf;
+    private readonly long _size;
+    // Per-expert views rebuilt when a stack is replaced (e.g. .to(device)): W_gate|W_up [2m, d] (when still
+    // fused) or W_gate, W_up [m, d] each, and W_down^T [m, d].
+    private Tensor[]? _gateUpViews, _gateViews, _upViews, _downTViews;
     private (IntPtr Gate, IntPtr Up, IntPtr Down) _viewsOf;
 
     /// <summary>Creates uninitialised stacks for <paramref name="experts"/> experts of <paramref name="size"/> neurons.</summary>
     public StackedExperts(int experts, int size, int hidden, ScalarType dtype = ScalarType.Float32) : base(nameof(StackedExperts))
     {
-        gate_proj = new Parameter(empty(experts, size, hidden, dtype: dtype), requires_grad: false);
-        up_proj = new Parameter(empty(experts, size, hidden, dtype: dtype), requires_grad: false);
+        _size = size;
+        var block = empty(experts, 2 * size, hidden, dtype: dtype).DetachFromDisposeScope();
+        _gateUpBlock = [block];
+        gate_proj = new Parameter(block.narrow(1, 0, size), requires_grad: false);
+        up_proj = new Parameter(block.narrow(1, size, size), requires_grad: false);
+        _blockOf = (gate_proj.Handle, up_proj.Handle);
         down_proj = new Parameter(empty(experts, hidden, size, dtype: dtype), requires_grad: false);
         RegisterComponents();
     }
@@ -62,51 +72,78 @@ public sealed class StackedExperts : nn.Module
 
     /// <summary>
     /// Inference fast path: y += g * E_j(x) in place, for x [n, d] and y [n, d], reading expert j's
-    /// contiguous weight blocks through cached views (6 tensor operations, no gradient). Use only while
-    /// <see cref="RawWeightsUsable"/>, after <see cref="PrepareRaw"/> in the same forward pass.
+    /// contiguous weight blocks through cached views (one product for W_gate|W_up, SiLU and the product in
+    /// place, one addmm into y; no gradient). Use only while <see cref="RawWeightsUsable"/>, after
+    /// <see cref="PrepareRaw"/> in the same forward pass.
     /// </summary>
     internal void AddExpertInto(int j, Tensor x, Tensor y, double g)
     {
-        using var h = F.linear(x, _gateViews![j]);                                // [n, m]
-        using var u = F.linear(x, _upViews![j]);                                  // [n, m]
-        h.silu_().mul_(u);
-        using var o = F.linear(h, _downViews![j]);                                // [n, d]
-        if (g == 1.0) y.add_(o);
-        else y.add_(o, alpha: g);
+        using var h = Hidden(j, x);                                                // [n, m]
+        y.addmm_(h, _downTViews![j], beta: 1, alpha: (float)g);                   // y += g h W_down^T
     }
 
-    /// <summary>Builds (or refreshes, when a stack was replaced, e.g. moved to another device) the per-expert views <see cref="AddExpertInto"/> reads.</summary>
+    /// <summary>Inference fast path for many tokens: E_j(x) [n, d] from the cached views (no gradient; after <see cref="PrepareRaw"/>).</summary>
+    internal Tensor ExpertRaw(int j, Tensor x)
+    {
+        using var h = Hidden(j, x);                                                // [n, m]
+        return h.matmul(_downTViews![j]);                                          // [n, d]
+    }
+
+    /// <summary>SiLU(W_gate_j x) * (W_up_j x) [n, m] from the cached views.</summary>
+    private Tensor Hidden(int j, Tensor x)
+    {
+        if (_gateUpViews is not null)
+        {
+            using var gu = F.linear(x, _gateUpViews[j]);                          // [n, 2m]
+            using var u = gu.narrow(1, _size, _size);
+            return gu.narrow(1, 0, _size).silu_().mul_(u);                         // a view of gu's first half
+        }
+        var h = F.linear(x, _gateViews![j]);                                       // [n, m]
+        using var up = F.linear(x, _upViews![j]);                                  // [n, m]
+        return h.silu_().mul_(up);
+    }
+
+    /// <summary>Builds (or refreshes, when a stack was replaced, e.g. moved to another device) the per-expert views the fast paths read.</summary>
     internal void PrepareRaw()
     {
         var current = (gate_proj.Handle, up_proj.Handle, down_proj.Handle);
-        if (_gateViews is not null && _viewsOf == current) return;
+        if (_downTViews is not null && _viewsOf == current) return;
         DisposeViews();
-        _gateViews = Views(gate_proj);   // [m, d] each
-        _upViews = Views(up_proj);       // [m, d] each
-        _downViews = Views(down_proj);   // [d, m] each
+        if ((current.Item1, current.Item2) == _blockOf)
+            _gateUpViews = Views(_gateUpBlock[0], transpose: false);   // [2m, d] each
+        else
+        {
+            _gateViews = Views(gate_proj, transpose: false);         // [m, d] each
+            _upViews = Views(up_proj, transpose: false);             // [m, d] each
+        }
+        _downTViews = Views(down_proj, transpose: true);             // [m, d] each (W_down_j^T)
         _viewsOf = current;
     }
 
-    private static Tensor[] Views(Tensor stack)
+    private static Tensor[] Views(Tensor stack, bool transpose)
     {
         using var scope = NewDisposeScope();
         var plain = stack.detach();
         var views = new Tensor[stack.shape[0]];
-        for (long j = 0; j < views.Length; j++) views[j] = plain[j].DetachFromDisposeScope();
+        for (long j = 0; j < views.Length; j++) views[j] = (transpose ? plain[j].t() : plain[j]).DetachFromDisposeScope();
         return views;
     }
 
     private void DisposeViews()
     {
-        foreach (var views in new[] { _gateViews, _upViews, _downViews })
+        foreach (var views in new[] { _gateUpViews, _gateViews, _upViews, _downTViews })
             if (views is not null) foreach (var v in views) v.Dispose();
-        _gateViews = _upViews = _downViews = null;
+        _gateUpViews = _gateViews = _upViews = _downTViews = null;
     }
 
     /// <summary>Frees the cached views with the weights.</summary>
     protected override void Dispose(bool disposing)
     {
-        if (disposing) DisposeViews();
+        if (disposing)
+        {
+            DisposeViews();
+            _gateUpBlock[0].Dispose();
+        }
         base.Dispose(disposing);
     }
 

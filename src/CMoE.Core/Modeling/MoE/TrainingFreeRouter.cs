@@ -18,12 +18,15 @@ public sealed class TrainingFreeRouter : nn.Module
     private readonly Parameter up;
     private readonly Parameter scale;
     private readonly Tensor bias;
+    private readonly FusedWeights _gateUp;   // gate and up are its row ranges: one [2E, d] product on the fast path
 
     /// <summary>Creates a router for <paramref name="experts"/> experts over width <paramref name="hidden"/>.</summary>
     public TrainingFreeRouter(int experts, int hidden, ScalarType dtype = ScalarType.Float32) : base(nameof(TrainingFreeRouter))
     {
-        gate = new Parameter(empty(experts, hidden, dtype: dtype), requires_grad: false);
-        up = new Parameter(empty(experts, hidden, dtype: dtype), requires_grad: false);
+        (_gateUp, var parts) = FusedWeights.Allocate(hidden, [experts, experts], dtype);
+        gate = new Parameter(parts[0], requires_grad: false);
+        up = new Parameter(parts[1], requires_grad: false);
+        _gateUp.Bind(gate, up);
         scale = new Parameter(zeros(experts, dtype: ScalarType.Float32), requires_grad: false);
         bias = zeros(experts, dtype: ScalarType.Float32);
         RegisterComponents();
@@ -83,11 +86,21 @@ public sealed class TrainingFreeRouter : nn.Module
     {
         using var scope = NewDisposeScope();
         int e = (int)gate.shape[0];
-        var g = HostFloats(F.linear(x, gate));                                    // [n * E]
-        var u = HostFloats(F.linear(x, up));                                      // [n * E]
+        float[] g, u;                                                             // G x and U x, element [t, j] at t * stride + j
+        int gOffset = 0, uOffset = 0, stride = e;
+        if (_gateUp.TryGet([gate, up]) is { } gu)
+        {
+            g = u = HostFloats(F.linear(x, gu));                                  // [n * 2E]: G x | U x per token
+            (uOffset, stride) = (e, 2 * e);
+        }
+        else
+        {
+            g = HostFloats(F.linear(x, gate));                                    // [n * E]
+            u = HostFloats(F.linear(x, up));                                      // [n * E]
+        }
         var b = HostFloats(bias);                                                 // [E]
         var scl = HostFloats(scale);                                              // [E]
-        int n = g.Length / e;
+        int n = g.Length / stride;
         var experts = new int[n * active];
         var gates = new double[n * active];
         Span<double> p = stackalloc double[e];
@@ -96,8 +109,8 @@ public sealed class TrainingFreeRouter : nn.Module
             double max = double.NegativeInfinity;
             for (int j = 0; j < e; j++)
             {
-                double gj = g[t * e + j];
-                p[j] = Math.Abs(u[t * e + j] * (float)(gj / (1 + Math.Exp(-gj))));     // s_j = |U x * SiLU(G x)|
+                double gj = g[gOffset + t * stride + j];
+                p[j] = Math.Abs(u[uOffset + t * stride + j] * (float)(gj / (1 + Math.Exp(-gj))));     // s_j = |U x * SiLU(G x)|
                 max = Math.Max(max, p[j]);
             }
             double sum = 0;
