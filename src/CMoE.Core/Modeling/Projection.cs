@@ -35,7 +35,7 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     /// projections) instead of calling <see cref="forward"/>: true when not in training mode. Anything
     /// that makes <see cref="forward"/> differ from x W^T (+ b), e.g. an unmerged adapter, must make this false.
     /// </summary>
-    public bool RawWeightsUsable => !training;
+    public bool RawWeightsUsable => !training && Adapter is null;
 
     /// <summary>The weight [out, in].</summary>
     public Parameter Weight => weight;
