@@ -12,7 +12,7 @@ namespace CMoE.MLNet;
 /// bias on the calibration data: each round routes the calibration windows, counts the tokens c_j each routed
 /// expert receives per layer, and moves the bias b_j by -step where c_j &gt; mean(c) and +step where c_j &lt;
 /// mean(c) (the paper's auxiliary-loss-free update, applied without training). The bias affects expert selection
-/// only, never the gate values. With <see cref="Options.BalanceIterations"/> = 0 the router is kept as carved.
+/// only, never the gate values. A fixed-step sign rule can overshoot, so the most balanced bias seen is kept. With <see cref="Options.BalanceIterations"/> = 0 the router is kept as carved.
 /// Chain it after a carving stage (or pass the carved transformer). Created by <c>mlContext.Transforms.FitRouter(...)</c>.
 /// </summary>
 public sealed class RouterFitEstimator : LanguageModelEstimatorBase<RouterFitTransformer>
@@ -81,7 +81,8 @@ public sealed class RouterFitEstimator : LanguageModelEstimatorBase<RouterFitTra
         try
         {
             var counts = Route(handle, blocks, ids, batch, options);
-            double before = Imbalance(counts);
+            double before = Imbalance(counts), best = before;
+            var bestBias = blocks.Select(b => b.Router.Bias.clone()).ToArray();
             for (int it = 0; it < iterations; it++)
             {
                 options.Cancellation.ThrowIfCancellationRequested();
@@ -92,10 +93,22 @@ public sealed class RouterFitEstimator : LanguageModelEstimatorBase<RouterFitTra
                     blocks[l].Router.Bias.sub_(direction * step);                            // b_j -= gamma sign(c_j - mean c)
                 }
                 counts = Route(handle, blocks, ids, batch, options);
+                double now = Imbalance(counts);
+                if (now < best)
+                {
+                    best = now;
+                    for (int l = 0; l < blocks.Count; l++) bestBias[l].copy_(blocks[l].Router.Bias);
+                }
                 options.Progress?.Report(new CMoEProgress("router", it + 1, iterations));
             }
+            // A fixed-step sign rule can overshoot: keep the most balanced bias seen (the carved one if none was better).
+            for (int l = 0; l < blocks.Count; l++)
+            {
+                blocks[l].Router.Bias.copy_(bestBias[l]);
+                bestBias[l].Dispose();
+            }
             handle.MarkChanged(handle.Layout);
-            return new LoadBalance(before, Imbalance(counts), iterations);
+            return new LoadBalance(before, best, iterations);
         }
         finally
         {
@@ -128,7 +141,7 @@ public sealed class RouterFitEstimator : LanguageModelEstimatorBase<RouterFitTra
 
 /// <summary>Router load on the calibration data before and after bias balancing.</summary>
 /// <param name="ImbalanceBefore">Mean over layers of (largest expert load / mean expert load) before balancing.</param>
-/// <param name="ImbalanceAfter">The same after the last round (1 = perfectly balanced).</param>
+/// <param name="ImbalanceAfter">The same with the bias kept: the most balanced round's (1 = perfectly balanced).</param>
 /// <param name="Iterations">Balancing rounds run.</param>
 public sealed record LoadBalance(double ImbalanceBefore, double ImbalanceAfter, int Iterations);
 

@@ -48,7 +48,10 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
     /// <summary>The router.</summary>
     public TrainingFreeRouter Router => router;
 
-    /// <summary>Tokens routed to each expert by the last forward pass [E] (for load balancing), or null.</summary>
+    /// <summary>
+    /// Tokens routed to each expert by the last forward pass [E] int64 on the CPU (for load balancing), or null. Owned
+    /// by the block: valid until the next recorded forward pass; copy what must outlive it.
+    /// </summary>
     public Tensor? LastExpertCounts { get; private set; }
 
     /// <summary>Whether forward passes record <see cref="LastExpertCounts"/>.</summary>
@@ -116,7 +119,12 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         var order = flatExperts.argsort();                                             // [n*a] grouped by expert
         var tokenOfPair = order.div(a, rounding_mode: RoundingMode.floor);             // [n*a]
         var counts = flatExperts.bincount(null, minlength: Shape.RoutedExperts);             // [E]
-        if (RecordLoad) LastExpertCounts = counts.detach().cpu().MoveToOuterDisposeScope();
+        if (RecordLoad)
+        {
+            // Owned by the block (outlives forward's dispose scope); the previous pass's counts are freed.
+            LastExpertCounts?.Dispose();
+            LastExpertCounts = counts.detach().cpu().clone().DetachFromDisposeScope();
+        }
         long[] perExpert = counts.cpu().data<long>().ToArray();
         var xs = tokens.index_select(0, tokenOfPair);                                  // [n*a, d] grouped
         var gs = gates.flatten().index_select(0, order).unsqueeze(-1);                 // [n*a, 1]
