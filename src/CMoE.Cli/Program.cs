@@ -7,6 +7,7 @@ var commands = new Dictionary<string, ICommand>(StringComparer.Ordinal)
 {
     ["eval"] = new EvalCommand(),
     ["carve"] = new CarveCommand(),
+    ["score"] = new ScoreCommand(),
 };
 
 if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
