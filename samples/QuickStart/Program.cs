@@ -9,6 +9,7 @@ using System.Globalization;
 using CMoE.MLNet;
 using CMoE.Samples;
 using Microsoft.ML;
+using Microsoft.ML.Data;
 using TorchSharp;
 
 string? Value(string name) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
