@@ -174,7 +174,7 @@ internal sealed record Args(int MaxTokens, string Layout, int Threads, bool Json
         string? Value(string name) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
         int reload = Array.IndexOf(args, "--reload");
         return new Args(
-            int.Parse(Value("--max-tokens") ?? "128", CultureInfo.InvariantCulture),
+            int.Parse(Value("--max-tokens") ?? "96", CultureInfo.InvariantCulture),
             Value("--layout") ?? "S2A2E16",
             int.Parse(Value("--threads") ?? "2", CultureInfo.InvariantCulture),
             args.Contains("--json"),
