@@ -10,6 +10,7 @@ var commands = new Dictionary<string, ICommand>(StringComparer.Ordinal)
     ["bench"] = new BenchCommand(),
     ["sweep"] = new SweepCommand(),
     ["finetune"] = new FinetuneCommand(),
+    ["score"] = new ScoreCommand(),
 };
 
 if (args.Length == 0 || args[0] is "--help" or "-h" or "help")

@@ -195,9 +195,24 @@ public abstract class RowMapperTransformerBase : ITransformer
         }
     }
 
+    /// <summary>
+    /// The transformer that produced <paramref name="data"/> (through <see cref="Transform"/>) or any view it was
+    /// built on, nearest first, that is a <typeparamref name="T"/>; null when none. Lets an estimator chained after
+    /// another (<c>EstimatorChain.Fit</c> passes the previous transformer's output) find that transformer's state.
+    /// </summary>
+    private protected static T? FindProducer<T>(IDataView data) where T : RowMapperTransformerBase
+    {
+        for (var view = data as MappedDataView; view is not null; view = view.Input as MappedDataView)
+            if (view.Producer is T found) return found;
+        return null;
+    }
+
     /// <summary>The lazy view returned by <see cref="Transform"/>.</summary>
     private sealed class MappedDataView(Binding binding, IDataView input) : IDataView
     {
+        public RowMapperTransformerBase Producer => binding.Owner;
+        public IDataView Input => input;
+
         public DataViewSchema Schema => binding.OutputSchema;
         public bool CanShuffle => false;
         public long? GetRowCount() => input.GetRowCount();

@@ -79,6 +79,37 @@ internal static class MlNetBridge
         payload.WriteBody((BinaryWriter)api.SaveWriter.GetValue(ctx)!, stored);
     }
 
+    // ---------------------------------------------------------------- catalogs
+
+    /// <summary>
+    /// The <see cref="IHostEnvironment"/> behind a catalog such as <c>mlContext.Transforms</c> (ML.NET's own
+    /// <c>CatalogUtils.GetEnvironment</c> is internal): the single instance property of that type, public or not.
+    /// </summary>
+    public static IHostEnvironment Environment(object catalog)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        var property = catalog.GetType()
+            .GetProperties(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic)
+            .FirstOrDefault(p => p.PropertyType == typeof(IHostEnvironment) && p.GetIndexParameters().Length == 0)
+            ?? throw new InvalidOperationException(
+                $"{catalog.GetType().Name} has no IHostEnvironment property in this Microsoft.ML; CMoE.MLNet was built for " +
+                $"Microsoft.ML {BuiltForMlNetVersion}. Reference that version (pinned in Directory.Packages.props).");
+        return (IHostEnvironment)property.GetValue(catalog)!;
+    }
+
+    /// <summary>
+    /// ML.NET's own <c>SchemaShape.Create(DataViewSchema)</c> (internal, as is the <c>SchemaShape.Column</c>
+    /// constructor): the shape estimators return from <c>GetOutputSchema</c>.
+    /// </summary>
+    public static SchemaShape ShapeOf(DataViewSchema schema)
+    {
+        ArgumentNullException.ThrowIfNull(schema);
+        var create = typeof(SchemaShape).GetMethod("Create", BindingFlags.Static | BindingFlags.Public | BindingFlags.NonPublic, [typeof(DataViewSchema)])
+            ?? throw new InvalidOperationException(
+                $"SchemaShape.Create(DataViewSchema) is missing in this Microsoft.ML; CMoE.MLNet was built for Microsoft.ML {BuiltForMlNetVersion}.");
+        return (SchemaShape)create.Invoke(null, BindingFlags.DoNotWrapExceptions, null, [schema], null)!;
+    }
+
     // ---------------------------------------------------------------- load
 
     /// <summary>

@@ -48,7 +48,10 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
     /// <summary>The router.</summary>
     public TrainingFreeRouter Router => router;
 
-    /// <summary>Tokens routed to each expert by the last forward pass [E] (for load balancing), or null.</summary>
+    /// <summary>
+    /// Tokens routed to each expert by the last forward pass [E] int64 on the CPU (for load balancing), or null. Owned
+    /// by the block: valid until the next recorded forward pass; copy what must outlive it.
+    /// </summary>
     public Tensor? LastExpertCounts { get; private set; }
 
     /// <summary>Whether forward passes record <see cref="LastExpertCounts"/>.</summary>

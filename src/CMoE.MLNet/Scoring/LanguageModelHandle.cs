@@ -1,0 +1,229 @@
+using System.Collections.Concurrent;
+using System.Text.Json.Nodes;
+using CMoE.MLNet.Persistence;
+using CMoE.Modeling;
+using CMoE.Modeling.IO;
+using CMoE.Modeling.MoE;
+using CMoE.Modeling.Tokenization;
+using static TorchSharp.torch;
+
+namespace CMoE.MLNet.Scoring;
+
+/// <summary>
+/// A language model held by a CMoE transformer: the (dense or carved) model, its tokenizer, and a folder whose files
+/// describe it exactly (the source Hugging Face folder, a carved folder, or a folder extracted from a model zip), so
+/// saving never re-derives what is already on disk. Owns the model and any temporary folder it made.
+/// </summary>
+internal sealed class LanguageModelHandle : IDisposable
+{
+    /// <summary>Prefix of the payload entries holding the model folder's files (ML.NET reserves "Model.*").</summary>
+    private const string EntryPrefix = "lm-";
+
+    private static readonly ConcurrentDictionary<string, byte> TempFolders = new();
+    private static int _exitHookInstalled;
+
+    private readonly string _sourceFolder;   // config.json and tokenizer files of the model (for CarvedFolder.Save)
+    private string? _exactFolder;            // a folder whose files are exactly Model, or null after in-memory changes
+    private readonly FolderLease _folders;   // temporary folders, shared with clones, deleted when the last handle goes
+
+    private LanguageModelHandle(LlamaForCausalLM model, TextTokenizer tokenizer, string sourceFolder, string? exactFolder, string? layout,
+        FolderLease? folders = null)
+    {
+        _folders = folders?.Acquire() ?? new FolderLease();
+        Model = model;
+        Tokenizer = tokenizer;
+        _sourceFolder = sourceFolder;
+        _exactFolder = exactFolder;
+        Layout = layout;
+    }
+
+    /// <summary>The model (CPU, float32).</summary>
+    public LlamaForCausalLM Model { get; }
+
+    /// <summary>The tokenizer of the model folder.</summary>
+    public TextTokenizer Tokenizer { get; }
+
+    /// <summary>The MoE layout (e.g. "S2A2E16"), or null for a dense model.</summary>
+    public string? Layout { get; private set; }
+
+    /// <summary>Whether every FFN is an MoE block.</summary>
+    public bool IsCarved => Model.Model.Layers.All(l => l.Mlp is MoeBlock);
+
+    /// <summary>The MoE blocks (empty for a dense model).</summary>
+    public IReadOnlyList<MoeBlock> Blocks => Model.Model.Layers.Select(l => l.Mlp).OfType<MoeBlock>().ToList();
+
+    /// <summary>Provenance stored in a carved folder's config (layout, calibration, ...).</summary>
+    public JsonObject? Provenance { get; set; }
+
+    /// <summary>Loads a dense Hugging Face folder or a carved folder.</summary>
+    /// <exception cref="DirectoryNotFoundException">No such folder.</exception>
+    public static LanguageModelHandle FromFolder(string folder)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        if (!Directory.Exists(folder))
+            throw new DirectoryNotFoundException($"Model folder '{folder}' not found; pass a Hugging Face LLaMA folder (config.json, *.safetensors, tokenizer) or a carved folder.");
+        string full = Path.GetFullPath(folder);
+        var tokenizer = TokenizerLoader.FromFolder(full);
+        var model = ModelFolder.Load(full);
+        return new LanguageModelHandle(model, tokenizer, full, full, ReadLayout(full));
+    }
+
+    /// <summary>An independent copy (same tokenizer, copied weights), so one stage can change it without touching another's.</summary>
+    public LanguageModelHandle Clone()
+    {
+        var copy = new LlamaForCausalLM(Model.Config, Model.DType);
+        for (int i = 0; i < Model.Model.Layers.Count; i++)
+            if (Model.Model.Layers[i].Mlp is MoeBlock block)
+                copy.Model.Layers[i].ReplaceMlp(new MoeBlock(block.Shape, Model.DType) { ActiveExperts = block.ActiveExperts });
+        using (no_grad())
+        {
+            var target = copy.state_dict();
+            foreach (var (key, value) in Model.state_dict()) target[key].copy_(value);
+        }
+        return new LanguageModelHandle(copy, Tokenizer, _sourceFolder, _exactFolder, Layout, _folders) { Provenance = Provenance?.DeepClone().AsObject() };
+    }
+
+    /// <summary>Records that the weights (or layout) changed in memory: the next save writes a fresh carved folder.</summary>
+    public void MarkChanged(string? layout)
+    {
+        _exactFolder = null;
+        Layout = layout;
+    }
+
+    // Header layout (inside the transformer's own header, written by AddTo, read by Load):
+    //   i32 N, then N x string file name (payload entry "lm-" + name holds the file's bytes).
+    /// <summary>Writes the model's file list into the payload header and adds the files as entries.</summary>
+    public void AddTo(ModelPayload payload)
+    {
+        string folder = EnsureFolder();
+        var files = ModelFiles(folder);
+        payload.Header.Write(files.Count);
+        foreach (string file in files)
+        {
+            payload.Header.Write(file);
+            payload.AddFile(EntryPrefix + file, Path.Combine(folder, file));
+        }
+    }
+
+    /// <summary>Extracts the model files listed in the header into a temporary folder and loads them.</summary>
+    public static LanguageModelHandle Load(ModelPayloadReader payload)
+    {
+        int count = payload.Header.ReadInt32();
+        if (count is < 1 or > 10_000)
+            throw new CMoEFormatException($"The CMoE language-model entry lists {count} model files; the model zip is corrupt. Save it again.");
+        string folder = NewTempFolder("cmoe-zip-");
+        Directory.CreateDirectory(folder);
+        try
+        {
+            for (int i = 0; i < count; i++)
+            {
+                string file = payload.Header.ReadString();
+                if (file.Contains('/') || file.Contains('\\') || file.StartsWith('.'))
+                    throw new CMoEFormatException($"The CMoE language-model entry names an invalid file '{file}'; the model zip is corrupt.");
+                payload.ExtractTo(EntryPrefix + file, Path.Combine(folder, file));
+            }
+            var handle = FromFolder(folder);
+            handle._folders.Add(folder);
+            return handle;
+        }
+        catch
+        {
+            DeleteTemp(folder);
+            throw;
+        }
+    }
+
+    /// <summary>A folder holding exactly this model: the known one, or a carved folder written now to a temporary place.</summary>
+    private string EnsureFolder()
+    {
+        if (_exactFolder is not null && Directory.Exists(_exactFolder)) return _exactFolder;
+        if (!IsCarved)
+            throw new InvalidOperationException("A dense model changed in memory cannot be saved; only carved models are written back.");
+        string folder = NewTempFolder("cmoe-carved-");
+        CarvedFolder.Save(Model, _sourceFolder, folder, Layout ?? "unknown", Provenance);
+        _folders.Add(folder);
+        _exactFolder = folder;
+        return folder;
+    }
+
+    /// <summary>The files of a model folder that make the model: config, weights (and index), tokenizer files.</summary>
+    private static List<string> ModelFiles(string folder)
+    {
+        var files = new List<string> { "config.json" };
+        files.AddRange(Directory.GetFiles(folder, "*.safetensors").Select(Path.GetFileName).Order(StringComparer.Ordinal)!);
+        if (File.Exists(Path.Combine(folder, "model.safetensors.index.json"))) files.Add("model.safetensors.index.json");
+        files.AddRange(CarvedFolder.TokenizerFiles.Where(f => File.Exists(Path.Combine(folder, f))));
+        return files;
+    }
+
+    private static string? ReadLayout(string folder)
+    {
+        try
+        {
+            var config = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")))?.AsObject();
+            return config?["cmoe"]?["layout"]?.GetValue<string>();
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or IOException)
+        {
+            return null;
+        }
+    }
+
+    private static string NewTempFolder(string prefix)
+    {
+        if (Interlocked.Exchange(ref _exitHookInstalled, 1) == 0)
+            AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+            {
+                foreach (string f in TempFolders.Keys) DeleteTemp(f);
+            };
+        string folder = Path.Combine(Path.GetTempPath(), prefix + Guid.NewGuid().ToString("N"));
+        TempFolders[folder] = 0;
+        return folder;
+    }
+
+    private static void DeleteTemp(string folder)
+    {
+        TempFolders.TryRemove(folder, out _);
+        try
+        {
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+    }
+
+    /// <summary>Frees the model and deletes the temporary folders this handle made.</summary>
+    public void Dispose()
+    {
+        Model.Dispose();
+        _folders.Release();
+    }
+
+    /// <summary>Temporary folders shared by a handle and its clones; deleted when the last of them is disposed.</summary>
+    private sealed class FolderLease
+    {
+        private readonly List<string> _folders = [];
+        private int _holders = 1;
+
+        public FolderLease Acquire()
+        {
+            Interlocked.Increment(ref _holders);
+            return this;
+        }
+
+        public void Add(string folder)
+        {
+            lock (_folders) _folders.Add(folder);
+        }
+
+        public void Release()
+        {
+            if (Interlocked.Decrement(ref _holders) != 0) return;
+            lock (_folders)
+            {
+                foreach (string f in _folders) DeleteTemp(f);
+                _folders.Clear();
+            }
+        }
+    }
+}
