@@ -154,8 +154,8 @@ public static class CMoECatalog
     }
 
     /// <summary>
-    /// Recovery fine-tuning of the upstream carved model on the text column. <b>This build has no training core:</b>
-    /// Fit throws <see cref="NotSupportedException"/> (see <see cref="MoEFineTuner.IsAvailable"/>).
+    /// Recovery fine-tuning (LoRA, router scale, bias balancing; merged at the end) of the upstream carved model
+    /// on windows sampled from the text column.
     /// </summary>
     /// <param name="catalog">mlContext.Transforms.</param>
     /// <param name="textColumnName">The text column.</param>

@@ -49,8 +49,7 @@ public sealed class CarveMoEEstimator : LanguageModelEstimatorBase<LanguageModel
         /// <summary>The router bias step gamma. Default 1e-3.</summary>
         public float BiasStep { get; set; } = 1e-3f;
 
-        /// <summary>Fine-tuning options, or null (default) to skip fine-tuning. This build has no training core:
-        /// setting it makes Fit throw <see cref="NotSupportedException"/> before any work.</summary>
+        /// <summary>Fine-tuning options, or null (default) to skip fine-tuning (slow on a CPU; see <see cref="MoEFineTuner"/>).</summary>
         public MoEFineTuner.Options? FineTune { get; set; }
     }
 
@@ -67,11 +66,9 @@ public sealed class CarveMoEEstimator : LanguageModelEstimatorBase<LanguageModel
 
     /// <summary>Carves the model on the text column's calibration windows and returns the scoring transformer.</summary>
     /// <param name="input">Calibration data (its text column).</param>
-    /// <exception cref="NotSupportedException">Fine-tuning was asked for and this build has no training core.</exception>
     public override LanguageModelTransformer Fit(IDataView input)
     {
         CheckInput(input);
-        if (_options.FineTune is not null && !MoEFineTuner.IsAvailable) throw new NotSupportedException(MoEFineTuner.NotAvailable);
         var handle = LanguageModelHandle.FromFolder(_options.ModelFolder);
         try
         {

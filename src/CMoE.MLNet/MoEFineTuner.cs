@@ -13,10 +13,9 @@ namespace CMoE.MLNet;
 /// <c>mlContext.Transforms.FineTuneMoE(...)</c>.
 /// </summary>
 /// <remarks>
-/// The training core (LoRA on attention and experts, Adam, router scale, bias balancing while training) is a
-/// separate component plugged in through an internal seam. <b>This build has no training core</b>: <see cref="Fit"/>
-/// throws <see cref="NotSupportedException"/> ("fine-tuning core not available in this build") before doing any
-/// work. The estimator, its options and its transformer are in place so pipelines need not change when it arrives.
+/// The training core is <c>CMoE.Training.MoEFineTuner</c> (LoRA on attention and experts, AdamW, the router
+/// scale u, bias balancing while training; adapters merged at the end), plugged in through an internal seam.
+/// Fine-tuning on the CPU is slow: keep <see cref="CalibrationOptions.CalibrationSamples"/> small or run on a GPU.
 /// </remarks>
 public sealed class MoEFineTuner : LanguageModelEstimatorBase<MoEFineTuneTransformer>
 {
@@ -73,7 +72,7 @@ public sealed class MoEFineTuner : LanguageModelEstimatorBase<MoEFineTuneTransfo
 
     /// <summary>Fine-tunes a copy of the upstream carved model on windows from the text column.</summary>
     /// <param name="input">The data; its text column is the training text.</param>
-    /// <exception cref="NotSupportedException">No training core in this build.</exception>
+    /// <exception cref="NotSupportedException">No training core is plugged in.</exception>
     public override MoEFineTuneTransformer Fit(IDataView input)
     {
         CheckInput(input);
@@ -114,11 +113,11 @@ internal interface IFineTuneCore
     void Train(LlamaForCausalLM model, Tensor windows, MoEFineTuner.Options options, IProgress<(int Done, int Total)>? progress, CancellationToken cancel);
 }
 
-/// <summary>Where a build plugs its training core in (none in this build).</summary>
+/// <summary>Where the training core is plugged in.</summary>
 internal static class FineTuneCores
 {
     /// <summary>The core used by <see cref="MoEFineTuner"/> when none is passed; null = not available.</summary>
-    public static IFineTuneCore? Default { get; set; }
+    public static IFineTuneCore? Default { get; set; } = new Scoring.TrainingFineTuneCore();
 }
 
 /// <summary>A fine-tuned carved model that scores rows; saved with the model zip.</summary>

@@ -34,6 +34,7 @@ public sealed class DecoderLayer : nn.Module
     public void ReplaceMlp(nn.Module<Tensor, Tensor> replacement)
     {
         var old = mlp;
+        if (training) replacement.train(); else replacement.eval();   // the new block follows the layer's mode
         mlp = replacement;
         _internal_submodules["mlp"] = replacement;   // replace in place, keeping the key order
         if (!ReferenceEquals(old, replacement)) old.Dispose();

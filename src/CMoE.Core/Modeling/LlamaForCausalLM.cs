@@ -50,6 +50,7 @@ public sealed class LlamaForCausalLM : nn.Module
         if (!config.TieWordEmbeddings) lm_head = new Projection(config.HiddenSize, config.VocabSize, dtype: dtype);
         _rope = new RotaryEmbedding(config);
         RegisterComponents();
+        eval();   // inference by default (fast fused paths); the fine-tuner switches to train() while it trains
     }
 
     /// <summary>The architecture.</summary>

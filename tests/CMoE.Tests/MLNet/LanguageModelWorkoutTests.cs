@@ -218,15 +218,35 @@ public sealed class LanguageModelWorkoutTests : IDisposable
     }
 
     [Fact]
-    public void FineTunerSaysTheCoreIsMissingAndChainedStagesNeedAnUpstreamModel()
+    public void FineTunerTrainsTheCarvedModelAndReloadsIdentically()
     {
         var ml = new MLContext(seed: 0);
-        MoEFineTuner.IsAvailable.Should().BeFalse();
-        var fineTune = () => ml.Transforms.FineTuneMoE().Fit(Rows(ml));
-        fineTune.Should().Throw<NotSupportedException>().WithMessage("fine-tuning core not available in this build");
-        var carveWithFineTune = () => ml.Transforms.CarveMoE(new CarveMoEEstimator.Options { ModelFolder = Model, FineTune = new() }).Fit(Rows(ml));
-        carveWithFineTune.Should().Throw<NotSupportedException>();
+        MoEFineTuner.IsAvailable.Should().BeTrue();
+        using var carver = ml.Transforms.CarveExperts(new MoECarverEstimator.Options
+        {
+            ModelFolder = Model, Layout = "S2A2E16", CalibrationSamples = Samples, CalibrationLength = Length, MaxTokens = MaxTokens,
+        }).Fit(Calibration(ml));
+        var before = carver.Transform(Rows(ml)).GetColumn<float>("LogLikelihood").ToArray();
+        using var tuned = ml.Transforms.FineTuneMoE(new MoEFineTuner.Options
+        {
+            CalibrationSamples = 4, CalibrationLength = 32, LearningRate = 1e-3, MaxTokens = MaxTokens,
+        }, carver).Fit(Calibration(ml));
+        var after = tuned.Transform(Rows(ml)).GetColumn<float>("LogLikelihood").ToArray();
+        after.Zip(before).Should().Contain(p => Math.Abs(p.First - p.Second) > 1e-4f, "fine-tuning must change the carved model");
+        carver.Transform(Rows(ml)).GetColumn<float>("LogLikelihood").Should().Equal(before, "the upstream carved model is left untouched");
 
+        string zip = Path.Combine(_dir, "tuned.zip");
+        ml.Model.Save(tuned, Rows(ml).Schema, zip);
+        using var loaded = (IDisposable)new MLContext(seed: 5).LoadCMoEModel(zip, out _);
+        ((ITransformer)loaded).Transform(Rows(ml)).GetColumn<float>("LogLikelihood").Should().Equal(after);
+    }
+
+    [Fact]
+    public void ChainedStagesNeedAnUpstreamModel()
+    {
+        var ml = new MLContext(seed: 0);
+        var fineTune = () => ml.Transforms.FineTuneMoE().Fit(Rows(ml));
+        fineTune.Should().Throw<InvalidOperationException>().WithMessage("*carved model*");
         var carver = () => ml.Transforms.CarveExperts().Fit(Rows(ml));
         carver.Should().Throw<InvalidOperationException>().WithMessage("*ProfileActivations*");
         var router = () => ml.Transforms.FitRouter().Fit(Rows(ml));

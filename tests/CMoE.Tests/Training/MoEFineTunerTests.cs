@@ -73,6 +73,33 @@ public class MoEFineTunerTests(CarvedTinyrefFixture tinyref) : IClassFixture<Car
     }
 
     [SharedFact]
+    public void FineTunedModelSavedAsACarvedFolderReloadsWithIdenticalLogits()
+    {
+        TorchTestSetup.Pin();
+        using var model = tinyref.Load();
+        using var train = tinyref.Windows(4, 32, seed: 13);
+        using var ids = tinyref.Windows(1, 24, seed: 14);
+        using (var tuner = new MoEFineTuner(model, new FineTuneOptions { LearningRate = 1e-3, Seed = 15 }))
+        {
+            tuner.Train(train);
+            tuner.Finish();
+        }
+        string folder = Path.Combine(Path.GetTempPath(), $"cmoe-ft-saved-{Guid.NewGuid():N}");
+        try
+        {
+            CMoE.Modeling.IO.CarvedFolder.Save(model, TestPaths.EmbeddedModel, folder, "S2A2E16");
+            using var reloaded = CMoE.Modeling.IO.ModelFolder.Load(folder);
+            using var expected = Forward(model, ids);
+            using var actual = Forward(reloaded, ids);
+            (actual - expected).abs().max().item<float>().Should().Be(0f);
+        }
+        finally
+        {
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [SharedFact]
     public void SavedAdaptersReloadIntoAFreshModel()
     {
         TorchTestSetup.Pin();
