@@ -54,8 +54,7 @@ public static class MoeCarver
             {
                 cancel.ThrowIfCancellationRequested();
                 var layer = model.Model.Layers[l];
-                if (layer.Mlp is not SwiGluMlp dense)
-                    throw new InvalidOperationException($"Layer {l} is already carved; carve a dense model.");
+                var dense = DenseFfn(layer, l);
                 var t0 = Stopwatch.GetTimestamp();
                 var mids = hidden.Select(x => layer.AttentionResidual(x, cos, sin, null, l)).ToList();     // h = x + Attn(..)
                 var ffnInputs = mids.Select(layer.FfnInput).ToList();                                    // RMSNorm(h)
@@ -65,10 +64,9 @@ public static class MoeCarver
                 double profileSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
 
                 var t1 = Stopwatch.GetTimestamp();
+                MoeBlock moe;
                 ExpertPartition partition;
-                using (markers) partition = ExpertPartitioner.Partition(markers, options.Layout, options.Iterations);
-                var moe = MoeBlock.FromDense(dense, partition.Shared, partition.Routed, partition.Representatives, options.Layout.Active);
-                layer.ReplaceMlp(moe);
+                using (markers) (moe, partition) = CarveLayer(layer, dense, markers, options.Layout, options.Iterations);
                 double partitionSeconds = Stopwatch.GetElapsedTime(t1).TotalSeconds;
 
                 var next = mids.Zip(ffnInputs, (h, f) => h + moe.forward(f)).ToList();                   // y = h + MoE(RMSNorm(h))
@@ -105,15 +103,26 @@ public static class MoeCarver
         {
             cancel.ThrowIfCancellationRequested();
             var layer = model.Model.Layers[l];
-            if (layer.Mlp is not SwiGluMlp dense)
-                throw new InvalidOperationException($"Layer {l} is already carved; carve a dense model.");
+            var dense = DenseFfn(layer, l);
             var t0 = Stopwatch.GetTimestamp();
-            var partition = ExpertPartitioner.Partition(profile.Markers(l), layout, iterations);
-            layer.ReplaceMlp(MoeBlock.FromDense(dense, partition.Shared, partition.Routed, partition.Representatives, layout.Active));
+            var (_, partition) = CarveLayer(layer, dense, profile.Markers(l), layout, iterations);
             reports.Add(new LayerCarveReport(l, 0, Stopwatch.GetElapsedTime(t0).TotalSeconds, partition.AssignmentCost));
             progress?.Report((l + 1, config.NumLayers));
         }
         return new CarveReport(layout, clock.Elapsed.TotalSeconds, reports, layout.ActiveFraction);
+    }
+
+    /// <summary>The layer's dense FFN; a layer that is already carved is an error.</summary>
+    private static SwiGluMlp DenseFfn(DecoderLayer layer, int l) =>
+        layer.Mlp as SwiGluMlp ?? throw new InvalidOperationException($"Layer {l} is already carved; carve a dense model.");
+
+    /// <summary>Partitions one layer's neurons from its markers (method sections 2-3) and swaps in the carved block (section 4).</summary>
+    private static (MoeBlock Block, ExpertPartition Partition) CarveLayer(DecoderLayer layer, SwiGluMlp dense, Tensor markers, MoeLayout layout, int iterations)
+    {
+        var partition = ExpertPartitioner.Partition(markers, layout, iterations);
+        var block = MoeBlock.FromDense(dense, partition.Shared, partition.Routed, partition.Representatives, layout.Active);
+        layer.ReplaceMlp(block);
+        return (block, partition);
     }
 
     private static IEnumerable<Tensor> Batches(Tensor ids, int batch)
