@@ -66,6 +66,19 @@ internal sealed class CommandLine
         return v;
     }
 
+    /// <summary>An enum option, matched case-insensitively against the member names (e.g. --score cosine|raw).</summary>
+    public T Choice<T>(string name, T fallback) where T : struct, Enum
+    {
+        string? text = Optional(name);
+        return text is null ? fallback : ParseChoice<T>(name, text);
+    }
+
+    /// <summary>Parses one enum value of option <paramref name="name"/>; the error lists the allowed values.</summary>
+    public static T ParseChoice<T>(string name, string text) where T : struct, Enum =>
+        Enum.TryParse<T>(text, ignoreCase: true, out var value) && Enum.IsDefined(value) && !int.TryParse(text, out _)
+            ? value
+            : throw new UsageException($"--{name} must be {string.Join(" or ", Enum.GetNames<T>().Select(n => n.ToLowerInvariant()))} (got '{text}')");
+
     /// <summary>Fails on options the command did not read (typos).</summary>
     public void RejectUnknown()
     {

@@ -36,7 +36,7 @@ internal sealed class CarveCommand : ICommand
         {
             Layout = layout,
             KAct = line.Int("k-act", 10, min: 1),
-            Score = ParseScore(line.Optional("score") ?? "cosine"),
+            Score = line.Choice("score", ActivationScore.Cosine),
             Iterations = line.Int("iterations", 1, min: 1),
         };
         bool json = line.Flag("json");
@@ -99,10 +99,4 @@ internal sealed class CarveCommand : ICommand
         return 0;
     }
 
-    private static ActivationScore ParseScore(string text) => text.ToLowerInvariant() switch
-    {
-        "cosine" => ActivationScore.Cosine,
-        "raw" => ActivationScore.Raw,
-        _ => throw new UsageException($"--score must be cosine or raw (got '{text}')"),
-    };
 }

@@ -38,12 +38,7 @@ internal sealed class FinetuneCommand : ICommand
         int seqLen = line.Int("seq-len", 512, min: 2);
         var options = new FineTuneOptions
         {
-            Mode = (line.Optional("mode") ?? "lora") switch
-            {
-                "lora" => FineTuneMode.Lora,
-                "full" => FineTuneMode.Full,
-                var m => throw new UsageException($"--mode must be lora or full (got '{m}')"),
-            },
+            Mode = line.Choice("mode", FineTuneMode.Lora),
             BatchSize = line.Int("batch", 2, min: 1),
             MaxSteps = line.Int("max-steps", 0, min: 0),
             LoraRank = line.Int("lora-rank", 8, min: 1),
@@ -52,12 +47,7 @@ internal sealed class FinetuneCommand : ICommand
             LearningRate = line.Double("lr", 5.65e-5, min: 0),
             RouterLearningRate = line.Double("router-lr", 1e-3, min: 0),
             BiasSpeed = line.Double("bias-speed", 1e-3, min: 0),
-            Optimizer = (line.Optional("optimizer") ?? "adamw") switch
-            {
-                "adamw" => FineTuneOptimizer.AdamW,
-                "adam" => FineTuneOptimizer.Adam,
-                var o => throw new UsageException($"--optimizer must be adamw or adam (got '{o}')"),
-            },
+            Optimizer = line.Choice("optimizer", FineTuneOptimizer.AdamW),
             WeightDecay = line.Double("weight-decay", 0, min: 0),
             MaxGradNorm = line.Double("max-grad-norm", 1, min: 0),
             WarmupSteps = line.Int("warmup", 0, min: 0),

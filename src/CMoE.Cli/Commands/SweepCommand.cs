@@ -40,12 +40,7 @@ internal sealed class SweepCommand : ICommand
         string evalPath = line.Required("eval", "text");
         string outDir = line.Required("out", "folder");
         string? layouts = line.Optional("layouts");
-        var strategy = (line.Optional("search") ?? "grid").ToLowerInvariant() switch
-        {
-            "grid" => SearchStrategy.Grid,
-            "random" => SearchStrategy.Random,
-            var s => throw new UsageException($"--search must be grid or random (got '{s}')"),
-        };
+        var strategy = line.Choice("search", SearchStrategy.Grid);
         int trials = line.Int("trials", 0, min: 1);
         double budgetMinutes = line.Double("budget-minutes", 0, min: 0);
         int maxWindows = line.Int("max-windows", 64, min: 1);
@@ -53,12 +48,7 @@ internal sealed class SweepCommand : ICommand
         int seqLen = line.Int("seq-len", 512, min: 2);
         int seed = line.Int("seed", 0);
         var kActs = ParseList<int>(line.Optional("k-act") ?? "10", "k-act", s => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int k) && k >= 1 ? k : (int?)null);
-        var scores = ParseList(line.Optional("score") ?? "cosine", "score", s => s.ToLowerInvariant() switch
-        {
-            "cosine" => ActivationScore.Cosine,
-            "raw" => ActivationScore.Raw,
-            _ => (ActivationScore?)null,
-        });
+        var scores = ParseList(line.Optional("score") ?? "cosine", "score", s => (ActivationScore?)CommandLine.ParseChoice<ActivationScore>("score", s));
         int iterations = line.Int("iterations", 1, min: 1);
         int decodeTokens = line.Int("decode-tokens", 32, min: 1);
         int decodeRuns = line.Int("decode-runs", 3, min: 1);
