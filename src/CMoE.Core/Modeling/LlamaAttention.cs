@@ -17,6 +17,7 @@ public sealed class LlamaAttention : nn.Module
     private readonly int _heads, _kvHeads, _headDim;
     private readonly FusedWeights? _qkv;   // q_proj|k_proj|v_proj weights as one block (no q/k/v bias)
     private Tensor? _ropeSign;              // [head_dim]: -1 on the first half, +1 on the second
+    private readonly object _ropeSignGate = new();
 
     /// <summary>Creates the attention block with uninitialised weights.</summary>
     public LlamaAttention(LlamaConfig c, ScalarType dtype = ScalarType.Float32) : base(nameof(LlamaAttention))
@@ -102,14 +103,17 @@ public sealed class LlamaAttention : nn.Module
     /// <summary>The rotation's sign vector [head_dim] in x's dtype and device (cached).</summary>
     private Tensor RopeSign(Tensor x)
     {
-        if (_ropeSign is null || _ropeSign.dtype != x.dtype || _ropeSign.device != x.device)
+        lock (_ropeSignGate)   // scoring threads share the model; the first forward of each races to build it
         {
-            _ropeSign?.Dispose();
-            long half = _headDim / 2;
-            using var scope = NewDisposeScope();
-            _ropeSign = cat([full(half, -1.0, dtype: x.dtype, device: x.device), ones(half, dtype: x.dtype, device: x.device)]).DetachFromDisposeScope();
+            if (_ropeSign is null || _ropeSign.dtype != x.dtype || _ropeSign.device_type != x.device_type || _ropeSign.device_index != x.device_index)
+            {
+                _ropeSign?.Dispose();
+                long half = _headDim / 2;
+                using var scope = NewDisposeScope();
+                _ropeSign = cat([full(half, -1.0, dtype: x.dtype, device: x.device), ones(half, dtype: x.dtype, device: x.device)]).DetachFromDisposeScope();
+            }
+            return _ropeSign;
         }
-        return _ropeSign;
     }
 
     /// <summary>Frees the cached sign vector with the weights.</summary>

@@ -29,6 +29,7 @@ public sealed class StackedExperts : nn.Module
     // fused) or W_gate, W_up [m, d] each, and W_down^T [m, d].
     private Tensor[]? _gateUpViews, _gateViews, _upViews, _downTViews;
     private (IntPtr Gate, IntPtr Up, IntPtr Down) _viewsOf;
+    private readonly object _viewsGate = new();
 
     /// <summary>Creates uninitialised stacks for <paramref name="experts"/> experts of <paramref name="size"/> neurons.</summary>
     public StackedExperts(int experts, int size, int hidden, ScalarType dtype = ScalarType.Float32) : base(nameof(StackedExperts))
@@ -104,7 +105,13 @@ public sealed class StackedExperts : nn.Module
     }
 
     /// <summary>Builds (or refreshes, when a stack was replaced, e.g. moved to another device) the per-expert views the fast paths read.</summary>
+    /// <remarks>Thread-safe: scoring threads share one model, and the first forward of each races to build the views.</remarks>
     internal void PrepareRaw()
+    {
+        lock (_viewsGate) PrepareRawLocked();
+    }
+
+    private void PrepareRawLocked()
     {
         var current = (gate_proj.Handle, up_proj.Handle, down_proj.Handle);
         if (_downTViews is not null && _viewsOf == current) return;
