@@ -17,7 +17,7 @@ namespace CMoE.Tests.Reliability;
 /// </summary>
 public class ParserFuzzTests
 {
-    private static readonly int Scale = int.TryParse(Environment.GetEnvironmentVariable("CMOE_FUZZ_SCALE"), out int s) && s > 0 ? s : 1;
+    internal static readonly int Scale = int.TryParse(Environment.GetEnvironmentVariable("CMOE_FUZZ_SCALE"), out int s) && s > 0 ? s : 1;
 
     private static void Fuzz(string name, byte[] seedInput, int cases, Action<byte[]> parse)
     {
