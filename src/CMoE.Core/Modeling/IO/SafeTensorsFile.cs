@@ -1,4 +1,4 @@
-using System.IO.MemoryMappedFiles;
+using Microsoft.Win32.SafeHandles;
 using System.Text.Json;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -18,21 +18,20 @@ public sealed record SafeTensorInfo(string Name, string DType, long[] Shape, lon
 }
 
 /// <summary>
-/// A memory-mapped, validated safetensors file. Layout (see also <see cref="SafeTensorsWriter"/>):
+/// A validated safetensors file, read tensor by tensor with positioned reads straight into each tensor's
+/// memory (no memory map, so reading a model larger than RAM keeps only the tensors in use resident). Layout (see also <see cref="SafeTensorsWriter"/>):
 /// <c>u64 little-endian N</c>, then N bytes of UTF-8 JSON
 /// <c>{"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}</c>,
 /// then the raw little-endian tensor data; offsets are relative to the first byte after the header.
 /// Every entry is checked against the file before any data is read: dtype known, shape non-negative
 /// and without overflow, byte length = elements x dtype size, ranges inside the file and not overlapping.
 /// </summary>
-public sealed unsafe class SafeTensorsFile : IDisposable
+public sealed class SafeTensorsFile : IDisposable
 {
     /// <summary>Largest header accepted (100 MB, as the reference implementation).</summary>
     public const long MaxHeaderBytes = 100_000_000;
 
-    private readonly MemoryMappedFile? _map;
-    private readonly MemoryMappedViewAccessor? _view;
-    private readonly byte* _base;
+    private readonly SafeFileHandle _file;
     private readonly long _dataStart;
     private bool _disposed;
 
@@ -54,19 +53,17 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         long length = info.Length;
         if (length < 8)
             throw Corrupt(path, $"it is {length} bytes long, shorter than the 8-byte header length; the file is truncated: download it again");
-        _map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+        _file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read);
         try
         {
-            _view = _map.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
-            byte* ptr = null;
-            _view.SafeMemoryMappedViewHandle.AcquirePointer(ref ptr);
-            _base = ptr + _view.PointerOffset;
-            ulong headerLength = *(ulong*)_base;
+            var lengthField = new byte[8];
+            ReadExactly(lengthField, 0);
+            ulong headerLength = BitConverter.ToUInt64(lengthField);
             if (headerLength > MaxHeaderBytes || (long)headerLength > length - 8)
                 throw Corrupt(path, $"its header claims {headerLength} bytes but the file has {length - 8} after the length field; the file is truncated or not safetensors");
             _dataStart = 8 + (long)headerLength;
-            var header = new ReadOnlySpan<byte>(_base + 8, (int)headerLength);
-            var headerBytes = header.ToArray();
+            var headerBytes = new byte[headerLength];
+            ReadExactly(headerBytes, 8);
             (Tensors, Metadata) = FormatGuard.Run(path, "The file is corrupt: download it again.", () => ParseHeader(path, headerBytes, length - _dataStart));
         }
         catch
@@ -94,9 +91,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable
             throw new CMoEFormatException($"Tensor '{name}' is not in '{Path}'. The checkpoint does not match the architecture in config.json.");
         var stored = ToScalarType(info.DType);
         var tensor = empty(info.Shape, stored);
-        long bytes = info.End - info.Begin;
-        if (bytes > 0)
-            tensor.bytes = new Span<byte>(_base + _dataStart + info.Begin, checked((int)bytes));
+        if (info.End > info.Begin)
+            ReadExactly(tensor.bytes, _dataStart + info.Begin);     // straight into the tensor's memory
         if (dtype is { } target && target != stored)
         {
             var converted = tensor.to(target);
@@ -106,17 +102,24 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         return tensor;
     }
 
-    /// <summary>Releases the memory map.</summary>
+    /// <summary>Closes the file.</summary>
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
-        if (_view is not null)
+        _file.Dispose();
+    }
+
+    private void ReadExactly(Span<byte> target, long offset)
+    {
+        while (target.Length > 0)
         {
-            if (_base != null) _view.SafeMemoryMappedViewHandle.ReleasePointer();
-            _view.Dispose();
+            int read = RandomAccess.Read(_file, target, offset);
+            if (read <= 0)
+                throw Corrupt(Path, "it ended before the data its header describes; the file is truncated: download it again");
+            target = target[read..];
+            offset += read;
         }
-        _map?.Dispose();
     }
 
     /// <summary>Bytes per element of a safetensors dtype name, or 0 when unknown.</summary>
