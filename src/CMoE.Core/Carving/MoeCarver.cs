@@ -53,28 +53,7 @@ public static class MoeCarver
             for (int l = 0; l < config.NumLayers; l++)
             {
                 cancel.ThrowIfCancellationRequested();
-                var layer = model.Model.Layers[l];
-                var dense = DenseFfn(layer, l);
-                var t0 = Stopwatch.GetTimestamp();
-                var mids = hidden.Select(x => layer.AttentionResidual(x, cos, sin, null, l)).ToList();     // h = x + Attn(..)
-                var ffnInputs = mids.Select(layer.FfnInput).ToList();                                    // RMSNorm(h)
-                Tensor markers;
-                using (var flatInputs = cat(ffnInputs.Select(f => f.reshape(-1, config.HiddenSize)).ToList(), 0)) // [q, d]
-                    markers = ActivationMarkers.Markers(flatInputs, dense.Gate.Weight, dense.Up.Weight, options.KAct, options.Score); // [q, dh]
-                double profileSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-
-                var t1 = Stopwatch.GetTimestamp();
-                MoeBlock moe;
-                ExpertPartition partition;
-                using (markers) (moe, partition) = CarveLayer(layer, dense, markers, options.Layout, options.Iterations);
-                double partitionSeconds = Stopwatch.GetElapsedTime(t1).TotalSeconds;
-
-                var next = mids.Zip(ffnInputs, (h, f) => h + moe.forward(f)).ToList();                   // y = h + MoE(RMSNorm(h))
-                DisposeAll(hidden);
-                DisposeAll(mids);
-                DisposeAll(ffnInputs);
-                hidden = next;
-                reports.Add(new LayerCarveReport(l, profileSeconds, partitionSeconds, partition.AssignmentCost));
+                reports.Add(CarveLayerSequential(model.Model.Layers[l], l, ref hidden, cos, sin, options));
                 progress?.Report((l + 1, config.NumLayers));
             }
         }
@@ -112,6 +91,38 @@ public static class MoeCarver
         return new CarveReport(layout, clock.Elapsed.TotalSeconds, reports, layout.ActiveFraction);
     }
 
+    /// <summary>
+    /// One step of sequential carving: pushes the calibration hidden states <paramref name="hidden"/> (batches of
+    /// [b, t, d], replaced by the layer's outputs) through the attention half of <paramref name="layer"/>,
+    /// profiles its FFN input, carves the FFN in place and continues through the carved block.
+    /// </summary>
+    internal static LayerCarveReport CarveLayerSequential(DecoderLayer layer, int l, ref List<Tensor> hidden, Tensor cos, Tensor sin, CarveOptions options)
+    {
+        using var noGrad = no_grad();
+        var dense = DenseFfn(layer, l);
+        long d = dense.Gate.Weight.shape[1];
+        var t0 = Stopwatch.GetTimestamp();
+        var mids = hidden.Select(x => layer.AttentionResidual(x, cos, sin, null, l)).ToList();     // h = x + Attn(..)
+        var ffnInputs = mids.Select(layer.FfnInput).ToList();                                    // RMSNorm(h)
+        Tensor markers;
+        using (var flatInputs = cat(ffnInputs.Select(f => f.reshape(-1, d)).ToList(), 0))        // [q, d]
+            markers = ActivationMarkers.Markers(flatInputs, dense.Gate.Weight, dense.Up.Weight, options.KAct, options.Score); // [q, dh]
+        double profileSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+
+        var t1 = Stopwatch.GetTimestamp();
+        MoeBlock moe;
+        ExpertPartition partition;
+        using (markers) (moe, partition) = CarveLayer(layer, dense, markers, options.Layout, options.Iterations);
+        double partitionSeconds = Stopwatch.GetElapsedTime(t1).TotalSeconds;
+
+        var next = mids.Zip(ffnInputs, (h, f) => h + moe.forward(f)).ToList();                   // y = h + MoE(RMSNorm(h))
+        DisposeAll(hidden);
+        DisposeAll(mids);
+        DisposeAll(ffnInputs);
+        hidden = next;
+        return new LayerCarveReport(l, profileSeconds, partitionSeconds, partition.AssignmentCost);
+    }
+
     /// <summary>The layer's dense FFN; a layer that is already carved is an error.</summary>
     private static SwiGluMlp DenseFfn(DecoderLayer layer, int l) =>
         layer.Mlp as SwiGluMlp ?? throw new InvalidOperationException($"Layer {l} is already carved; carve a dense model.");
@@ -125,13 +136,13 @@ public static class MoeCarver
         return (block, partition);
     }
 
-    private static IEnumerable<Tensor> Batches(Tensor ids, int batch)
+    internal static IEnumerable<Tensor> Batches(Tensor ids, int batch)
     {
         for (long start = 0; start < ids.shape[0]; start += batch)
             yield return ids.narrow(0, start, Math.Min(batch, ids.shape[0] - start));
     }
 
-    private static void DisposeAll(IEnumerable<Tensor> tensors)
+    internal static void DisposeAll(IEnumerable<Tensor> tensors)
     {
         foreach (var t in tensors) t.Dispose();
     }

@@ -68,6 +68,25 @@ public class CarvedModelTests
     }
 
     [Fact]
+    public void StreamingCarveFromDiskIsByteIdenticalToCarvingInMemory()
+    {
+        TorchTestSetup.Pin();
+        using var dir = new TempDir();
+        var options = new CarveOptions { Layout = MoeLayout.Parse("S2A2E16") };
+        using var calibration = Calibration(2, 64, seed: 5);
+        using (var model = ModelFolder.Load(TestPaths.EmbeddedModel))
+        {
+            MoeCarver.Carve(model, calibration, options);
+            CarvedFolder.Save(model, TestPaths.EmbeddedModel, dir["memory"], "S2A2E16");
+        }
+        var report = StreamingCarver.Carve(TestPaths.EmbeddedModel, calibration, options, dir["streamed"]);
+        report.Layers.Should().HaveCount(8);
+        File.ReadAllBytes(dir["streamed/model.safetensors"]).Should().Equal(File.ReadAllBytes(dir["memory/model.safetensors"]));
+        File.ReadAllText(dir["streamed/config.json"]).Should().Be(File.ReadAllText(dir["memory/config.json"]));
+        Directory.GetDirectories(dir.Path).Should().HaveCount(2, "no temporary folder is left behind");
+    }
+
+    [Fact]
     public void ProfileOnceCarvesManyLayouts()
     {
         TorchTestSetup.Pin();

@@ -47,6 +47,22 @@ public static class CarvedFolder
         if (blocks.Any(b => b is null))
             throw new InvalidOperationException("Every layer must be carved before the model is saved as a carved folder.");
         var shape = blocks[0]!.Shape;
+        AtomicFolder.Write(outputFolder, tmp =>
+        {
+            WriteConfigAndTokenizer(tmp, sourceFolder, shape, layout, carving);
+            var tensors = model.state_dict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)).ToList();
+            SafeTensorsWriter.Write(Path.Combine(tmp, "model.safetensors"), tensors, WeightsMetadata);
+            extraFiles?.Invoke(tmp);
+        });
+    }
+
+    /// <summary>The <c>__metadata__</c> of a carved folder's model.safetensors.</summary>
+    internal static IReadOnlyDictionary<string, string> WeightsMetadata { get; } =
+        new Dictionary<string, string> { ["format"] = "pt", ["cmoe_format"] = $"{FormatName}/{FormatVersion}" };
+
+    /// <summary>Writes config.json (the source's keys plus the <c>cmoe</c> section) and copies the tokenizer files into <paramref name="folder"/>.</summary>
+    internal static void WriteConfigAndTokenizer(string folder, string sourceFolder, MoeShape shape, string layout, JsonObject? carving)
+    {
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(sourceFolder, "config.json")))!.AsObject();
         config["cmoe"] = new JsonObject
         {
@@ -63,19 +79,12 @@ public static class CarvedFolder
         };
         config["torch_dtype"] = "float32";
         if (config.ContainsKey("dtype")) config["dtype"] = "float32";
-        AtomicFolder.Write(outputFolder, tmp =>
+        File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        foreach (var file in TokenizerFiles)
         {
-            File.WriteAllText(Path.Combine(tmp, "config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            var tensors = model.state_dict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)).ToList();
-            SafeTensorsWriter.Write(Path.Combine(tmp, "model.safetensors"), tensors,
-                new Dictionary<string, string> { ["format"] = "pt", ["cmoe_format"] = $"{FormatName}/{FormatVersion}" });
-            foreach (var file in TokenizerFiles)
-            {
-                string src = Path.Combine(sourceFolder, file);
-                if (File.Exists(src)) File.Copy(src, Path.Combine(tmp, file));
-            }
-            extraFiles?.Invoke(tmp);
-        });
+            string src = Path.Combine(sourceFolder, file);
+            if (File.Exists(src)) File.Copy(src, Path.Combine(folder, file));
+        }
     }
 
     /// <summary>

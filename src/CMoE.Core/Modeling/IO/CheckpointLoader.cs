@@ -77,32 +77,77 @@ public static class CheckpointLoader
     /// <summary>Copies every parameter and buffer of <paramref name="model"/> from the folder's safetensors files.</summary>
     public static void LoadWeights(nn.Module model, string folder)
     {
-        var files = WeightFiles(folder).Select(SafeTensorsFile.Open).ToList();
+        using var weights = WeightSet.Open(folder);
+        weights.LoadInto(model, "");
+    }
+}
+
+/// <summary>The open safetensors files of a model folder, indexed by tensor name (one file handle each).</summary>
+internal sealed class WeightSet : IDisposable
+{
+    private readonly List<SafeTensorsFile> _files;
+    private readonly Dictionary<string, SafeTensorsFile> _where = new(StringComparer.Ordinal);
+
+    private WeightSet(string folder, List<SafeTensorsFile> files)
+    {
+        Folder = folder;
+        _files = files;
+        foreach (var f in files)
+            foreach (var name in f.Tensors.Keys)
+                _where[name] = f;
+    }
+
+    /// <summary>The model folder.</summary>
+    public string Folder { get; }
+
+    /// <summary>Opens every weight file of <paramref name="folder"/>.</summary>
+    public static WeightSet Open(string folder)
+    {
+        var files = new List<SafeTensorsFile>();
         try
         {
-            var where = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
-            foreach (var f in files)
-                foreach (var name in f.Tensors.Keys)
-                    where[name] = f;
-            var missing = new List<string>();
-            using var noGrad = no_grad();
-            foreach (var (name, target) in model.state_dict())
-            {
-                if (!where.TryGetValue(name, out var file)) { missing.Add(name); continue; }
-                var info = file.Tensors[name];
-                if (!info.Shape.SequenceEqual(target.shape))
-                    throw new CMoEFormatException(
-                        $"'{file.Path}': tensor '{name}' has shape [{string.Join(",", info.Shape)}] but config.json implies [{string.Join(",", target.shape)}]. The weights do not belong to this config.json.");
-                using var value = file.Load(name, target.dtype);
-                target.copy_(value);
-            }
-            if (missing.Count > 0)
-                throw new CMoEFormatException(
-                    $"'{folder}' lacks {missing.Count} tensor(s) the architecture needs, e.g. {string.Join(", ", missing.Take(3))}. The checkpoint does not match config.json (tie_word_embeddings? architecture?).");
+            foreach (var path in CheckpointLoader.WeightFiles(folder)) files.Add(SafeTensorsFile.Open(path));
+            return new WeightSet(folder, files);
         }
-        finally
+        catch
         {
             foreach (var f in files) f.Dispose();
+            throw;
         }
+    }
+
+    /// <summary>Reads tensor <paramref name="name"/> converted to <paramref name="dtype"/>, checking its shape.</summary>
+    public Tensor Load(string name, ScalarType dtype, long[] shape)
+    {
+        if (!_where.TryGetValue(name, out var file))
+            throw new CMoEFormatException($"'{Folder}' lacks tensor '{name}' that the architecture needs. The checkpoint does not match config.json (tie_word_embeddings? architecture?).");
+        var info = file.Tensors[name];
+        if (!info.Shape.SequenceEqual(shape))
+            throw new CMoEFormatException(
+                $"'{file.Path}': tensor '{name}' has shape [{string.Join(",", info.Shape)}] but config.json implies [{string.Join(",", shape)}]. The weights do not belong to this config.json.");
+        return file.Load(name, dtype);
+    }
+
+    /// <summary>Copies every parameter and buffer of <paramref name="module"/> from tensors named <paramref name="prefix"/> + its key.</summary>
+    public void LoadInto(nn.Module module, string prefix)
+    {
+        var missing = new List<string>();
+        using var noGrad = no_grad();
+        foreach (var (key, target) in module.state_dict())
+        {
+            string name = prefix + key;
+            if (!_where.ContainsKey(name)) { missing.Add(name); continue; }
+            using var value = Load(name, target.dtype, target.shape);
+            target.copy_(value);
+        }
+        if (missing.Count > 0)
+            throw new CMoEFormatException(
+                $"'{Folder}' lacks {missing.Count} tensor(s) the architecture needs, e.g. {string.Join(", ", missing.Take(3))}. The checkpoint does not match config.json (tie_word_embeddings? architecture?).");
+    }
+
+    /// <summary>Closes the files.</summary>
+    public void Dispose()
+    {
+        foreach (var f in _files) f.Dispose();
     }
 }

@@ -18,45 +18,94 @@ public static class SafeTensorsWriter
         IReadOnlyDictionary<string, string>? metadata = null)
     {
         var list = tensors.ToList();
+        using var writer = new SafeTensorsStreamWriter(path, list.Select(kv => new SafeTensorSpec(kv.Key, kv.Value.dtype, kv.Value.shape)).ToList(), metadata);
+        foreach (var (name, t) in list) writer.Write(name, t);
+        writer.Complete();
+    }
+}
+
+/// <summary>The name, type and shape of one tensor a <see cref="SafeTensorsStreamWriter"/> will write.</summary>
+/// <param name="Name">The key.</param>
+/// <param name="DType">The element type.</param>
+/// <param name="Shape">The shape.</param>
+public sealed record SafeTensorSpec(string Name, ScalarType DType, long[] Shape)
+{
+    /// <summary>Bytes of data.</summary>
+    public long Bytes => Shape.Aggregate(1L, (a, b) => checked(a * b)) * SafeTensorsFile.DTypeSize(SafeTensorsFile.ToDTypeName(DType));
+}
+
+/// <summary>
+/// Writes a safetensors file whose header (every name, type and shape) is known up front, one tensor at a
+/// time in header order, so a model larger than memory can be written while it is produced. The layout is
+/// <see cref="SafeTensorsWriter"/>'s; the file appears at its path only after <see cref="Complete"/>
+/// (it is written under a temporary name; disposing without completing deletes it).
+/// </summary>
+public sealed class SafeTensorsStreamWriter : IDisposable
+{
+    private readonly string _path, _tmp;
+    private readonly IReadOnlyList<SafeTensorSpec> _specs;
+    private readonly FileStream _stream;
+    private int _next;
+    private bool _completed;
+
+    /// <summary>Creates the temporary file and writes the header.</summary>
+    public SafeTensorsStreamWriter(string path, IReadOnlyList<SafeTensorSpec> specs, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        _path = path;
+        _specs = specs;
         var header = new Dictionary<string, object>(StringComparer.Ordinal);
         if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;
         long offset = 0;
-        foreach (var (name, t) in list)
+        foreach (var spec in specs)
         {
-            long bytes = t.NumberOfElements * t.ElementSize;
-            header[name] = new Dictionary<string, object>
+            header[spec.Name] = new Dictionary<string, object>
             {
-                ["dtype"] = SafeTensorsFile.ToDTypeName(t.dtype),
-                ["shape"] = t.shape,
-                ["data_offsets"] = new[] { offset, offset + bytes },
+                ["dtype"] = SafeTensorsFile.ToDTypeName(spec.DType),
+                ["shape"] = spec.Shape,
+                ["data_offsets"] = new[] { offset, offset + spec.Bytes },
             };
-            offset += bytes;
+            offset += spec.Bytes;
         }
         byte[] json = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(header));
         int padded = (json.Length + 7) / 8 * 8;
-        string dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path))!;
+        string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
         Directory.CreateDirectory(dir);
-        string tmp = System.IO.Path.Combine(dir, $".{System.IO.Path.GetFileName(path)}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var stream = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
-            {
-                stream.Write(BitConverter.GetBytes((ulong)padded));
-                stream.Write(json);
-                for (int i = json.Length; i < padded; i++) stream.WriteByte((byte)' ');
-                foreach (var (_, t) in list)
-                {
-                    using var cpu = t.device_type == TorchSharp.DeviceType.CPU ? t.alias() : t.cpu();
-                    using var contiguous = cpu.contiguous();
-                    stream.Write(contiguous.bytes);
-                }
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(tmp, path, overwrite: true);
-        }
-        finally
-        {
-            if (File.Exists(tmp)) File.Delete(tmp);
-        }
+        _tmp = Path.Combine(dir, $".{Path.GetFileName(path)}.{Guid.NewGuid():N}.tmp");
+        _stream = new FileStream(_tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
+        _stream.Write(BitConverter.GetBytes((ulong)padded));
+        _stream.Write(json);
+        for (int i = json.Length; i < padded; i++) _stream.WriteByte((byte)' ');
+    }
+
+    /// <summary>Writes the next tensor; it must be the next one of the header, with its type and shape.</summary>
+    public void Write(string name, Tensor tensor)
+    {
+        if (_next >= _specs.Count || _specs[_next].Name != name)
+            throw new InvalidOperationException($"Tensor '{name}' written out of order; expected '{(_next < _specs.Count ? _specs[_next].Name : "(none left)")}'.");
+        var spec = _specs[_next];
+        if (tensor.dtype != spec.DType || !tensor.shape.SequenceEqual(spec.Shape))
+            throw new InvalidOperationException($"Tensor '{name}' is {tensor.dtype} [{string.Join(",", tensor.shape)}]; the header says {spec.DType} [{string.Join(",", spec.Shape)}].");
+        using var cpu = tensor.device_type == TorchSharp.DeviceType.CPU ? tensor.alias() : tensor.cpu();
+        using var contiguous = cpu.contiguous();
+        _stream.Write(contiguous.bytes);
+        _next++;
+    }
+
+    /// <summary>Flushes and moves the file into place; every tensor of the header must have been written.</summary>
+    public void Complete()
+    {
+        if (_next != _specs.Count)
+            throw new InvalidOperationException($"{_specs.Count - _next} tensor(s) of the header were not written (next: '{_specs[_next].Name}').");
+        _stream.Flush(flushToDisk: true);
+        _stream.Dispose();
+        File.Move(_tmp, _path, overwrite: true);
+        _completed = true;
+    }
+
+    /// <summary>Closes the file; an incomplete one is deleted.</summary>
+    public void Dispose()
+    {
+        _stream.Dispose();
+        if (!_completed && File.Exists(_tmp)) File.Delete(_tmp);
     }
 }
