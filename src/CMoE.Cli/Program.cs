@@ -11,6 +11,7 @@ var commands = new Dictionary<string, ICommand>(StringComparer.Ordinal)
     ["sweep"] = new SweepCommand(),
     ["finetune"] = new FinetuneCommand(),
     ["score"] = new ScoreCommand(),
+    ["synth"] = new SynthCommand(),
 };
 
 if (args.Length == 0 || args[0] is "--help" or "-h" or "help")

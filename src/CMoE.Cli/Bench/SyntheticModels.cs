@@ -13,6 +13,8 @@ internal static class SyntheticModels
         ["tinyllama-4l"] = Shape(hidden: 2048, ffn: 5632, layers: 4, heads: 32, kvHeads: 4, vocab: 8192),
         // The embedded tinyref-llama's shape.
         ["tinyref"] = Shape(hidden: 384, ffn: 1024, layers: 8, heads: 6, kvHeads: 2, vocab: 8192),
+        // TinyLlama-1.1B's full shape: 22 layers, vocab 32000 (1.1B parameters, 4.4 GB in fp32): a model for memory tests.
+        ["tinyllama-1.1b"] = Shape(hidden: 2048, ffn: 5632, layers: 22, heads: 32, kvHeads: 4, vocab: 32000),
         // A toy shape for smoke tests.
         ["micro"] = Shape(hidden: 64, ffn: 256, layers: 2, heads: 4, kvHeads: 2, vocab: 256),
     };
@@ -47,5 +49,42 @@ internal static class SyntheticModels
             else p.normal_(0, 0.02, gen);
         }
         return model;
+    }
+
+    /// <summary>
+    /// Writes a Hugging Face-style folder of the shape with random weights (as <see cref="Random"/>), one layer in
+    /// memory at a time, plus the tokenizer files of <paramref name="tokenizerFolder"/> (its vocabulary must fit).
+    /// </summary>
+    public static void WriteFolder(LlamaConfig config, string folder, int seed, string tokenizerFolder)
+    {
+        Modeling.IO.AtomicFolder.Write(folder, tmp =>
+        {
+            var json = config.ToJson();
+            json["torch_dtype"] = "float32";
+            File.WriteAllText(Path.Combine(tmp, "config.json"), json.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            foreach (var file in Modeling.IO.CarvedFolder.TokenizerFiles)
+            {
+                string src = Path.Combine(tokenizerFolder, file);
+                if (File.Exists(src)) File.Copy(src, Path.Combine(tmp, file));
+            }
+            var specs = new List<Modeling.IO.SafeTensorSpec> { new("model.embed_tokens.weight", ScalarType.Float32, [config.VocabSize, config.HiddenSize]) };
+            List<(string, long[])> layerShapes;
+            using (var template = new DecoderLayer(config)) layerShapes = template.named_parameters().Select(p => (p.name, p.parameter.shape)).ToList();
+            for (int l = 0; l < config.NumLayers; l++)
+                specs.AddRange(layerShapes.Select(s => new Modeling.IO.SafeTensorSpec($"model.layers.{l}.{s.Item1}", ScalarType.Float32, s.Item2)));
+            specs.Add(new("model.norm.weight", ScalarType.Float32, [config.HiddenSize]));
+            specs.Add(new("lm_head.weight", ScalarType.Float32, [config.VocabSize, config.HiddenSize]));
+            using var writer = new Modeling.IO.SafeTensorsStreamWriter(Path.Combine(tmp, "model.safetensors"), specs);
+            using var gen = new TorchSharp.torch.Generator((ulong)seed);
+            using var noGrad = no_grad();
+            foreach (var spec in specs)
+            {
+                using var value = spec.Name.EndsWith("norm.weight", StringComparison.Ordinal)
+                    ? ones(spec.Shape)
+                    : empty(spec.Shape).normal_(0, 0.02, gen);
+                writer.Write(spec.Name, value);
+            }
+            writer.Complete();
+        });
     }
 }

@@ -14,14 +14,15 @@ internal sealed class CarveCommand : ICommand
     public string Usage => $"""
         cmoe carve --model <hf-folder> --calibration <text> --layout S2A2E16 --out <folder>
                    [--samples 8] [--seq-len 512] [--k-act 10] [--score cosine|raw] [--iterations 1]
-                   [--seed 0] {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage} [--json]
+                   [--seed 0] [--streaming] {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage} [--json]
           Calibration windows = `samples` random windows of seq-len tokens from BOS + encode(file), drawn with seed.
           Layout S{"{s}"}A{"{a}"}E{"{e}"}: e experts of d_h/e neurons, s shared (always on), a routed active per token.
           The output folder (config.json with a cmoe section, model.safetensors, tokenizer files) is written
-          under a temporary name and moved into place.
+          under a temporary name and moved into place. --streaming carves from disk to disk with one decoder
+          layer in memory at a time (CPU; byte-identical output), for models larger than memory.
         """;
 
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose" };
+    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose", "streaming" };
 
     public int Run(CommandLine line, CancellationToken cancel)
     {
@@ -40,6 +41,7 @@ internal sealed class CarveCommand : ICommand
             Iterations = line.Int("iterations", 1, min: 1),
         };
         bool json = line.Flag("json");
+        bool streaming = line.Flag("streaming");
         var device = CommonOptions.Device(line);
         int threads = CommonOptions.Threads(line);
         line.RejectUnknown();
@@ -50,12 +52,7 @@ internal sealed class CarveCommand : ICommand
 
         var tokenizer = TokenizerLoader.FromFolder(modelDir);
         var windows = CalibrationSampler.Sample(tokenizer.Encode(text, addBos: true), samples, seqLen, seed);
-        using var model = ModelFolder.Load(modelDir, device: device);
         using var calibration = tensor(windows);
-        CarveReport report;
-        using (var bar = Terminal.Progress($"carve {layout}"))
-            report = MoeCarver.Carve(model, calibration, options, new Progress<(int Done, int Total)>(p => bar.Report((double)p.Done / p.Total, $"layer {p.Done}/{p.Total}")), cancel);
-
         var provenance = new JsonObject
         {
             ["calibration"] = Path.GetFileName(calibrationPath),
@@ -65,9 +62,24 @@ internal sealed class CarveCommand : ICommand
             ["k_act"] = options.KAct,
             ["score"] = options.Score.ToString().ToLowerInvariant(),
             ["iterations"] = options.Iterations,
-            ["seconds"] = Math.Round(report.Seconds, 3),
         };
-        CarvedFolder.Save(model, modelDir, outDir, layout.ToString(), provenance);
+        CarveReport report;
+        using (var bar = Terminal.Progress($"carve {layout}"))
+        {
+            var progress = new Progress<(int Done, int Total)>(p => bar.Report((double)p.Done / p.Total, $"layer {p.Done}/{p.Total}"));
+            if (streaming)
+            {
+                if (device.type != TorchSharp.DeviceType.CPU) throw new ArgumentException("--streaming carves on the CPU; drop --device cuda.");
+                report = StreamingCarver.Carve(modelDir, calibration, options, outDir, provenance, progress, cancel);
+            }
+            else
+            {
+                using var model = ModelFolder.Load(modelDir, device: device);
+                report = MoeCarver.Carve(model, calibration, options, progress, cancel);
+                provenance["seconds"] = Math.Round(report.Seconds, 3);
+                CarvedFolder.Save(model, modelDir, outDir, layout.ToString(), provenance);
+            }
+        }
 
         if (json)
         {
@@ -90,6 +102,8 @@ internal sealed class CarveCommand : ICommand
                 ["threads"] = threads,
                 ["device"] = device.ToString(),
                 ["options"] = provenance,
+                ["streaming"] = streaming,
+                ["peak_rss_mb"] = ProcessMemory.PeakRssMb(),
             });
         }
         else

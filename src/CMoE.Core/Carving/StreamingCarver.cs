@@ -52,6 +52,7 @@ public static class StreamingCarver
                 hidden = MoeCarver.Batches(ids, options.Batch).Select(b => embeddings.forward(b)).ToList();   // [b, t, d] each
                 WriteAll(writer, embeddings, "model.embed_tokens.");
             }
+            ReleaseFreedMemory();
             try
             {
                 for (int l = 0; l < config.NumLayers; l++)
@@ -63,6 +64,8 @@ public static class StreamingCarver
                     reports.Add(MoeCarver.CarveLayerSequential(layer, l, ref hidden, cos, sin, options));
                     foreach (var (key, p) in layer.named_parameters()) writer.Write($"model.layers.{l}.{key}", p);
                     foreach (var (key, b) in layer.named_buffers()) buffers.Add(($"model.layers.{l}.{key}", b.clone().DetachFromDisposeScope()));
+                    layer.Dispose();
+                    ReleaseFreedMemory();
                     progress?.Report((l + 1, config.NumLayers));
                 }
             }
@@ -101,6 +104,25 @@ public static class StreamingCarver
             specs.AddRange(layerBuffers.Select(s => new SafeTensorSpec($"model.layers.{l}.{s.Key}", s.DType, s.Shape)));
         return specs;
     }
+
+    /// <summary>
+    /// Hands memory freed by the last layer back to the OS: finalizes tensor wrappers the GC still holds and,
+    /// on Linux, asks glibc to trim its heaps (malloc keeps freed blocks otherwise, and the process would grow
+    /// by a layer's size every few layers).
+    /// </summary>
+    private static void ReleaseFreedMemory()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        if (OperatingSystem.IsLinux())
+        {
+            try { MallocTrim(0); }
+            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }   // not glibc
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
+    private static extern int MallocTrim(nuint pad);
 
     private static void WriteAll(SafeTensorsStreamWriter writer, nn.Module module, string prefix)
     {
