@@ -57,6 +57,9 @@ internal static class SyntheticModels
     /// </summary>
     public static void WriteFolder(LlamaConfig config, string folder, int seed, string tokenizerFolder)
     {
+        int tokenizerVocab = Modeling.Tokenization.TokenizerLoader.FromFolder(tokenizerFolder).VocabSize;
+        if (tokenizerVocab > config.VocabSize)
+            throw new ArgumentException($"The tokenizer in '{tokenizerFolder}' has {tokenizerVocab} tokens but the shape's vocabulary is {config.VocabSize}; pick a shape with a vocabulary of at least {tokenizerVocab} or pass --tokenizer with a smaller one.");
         Modeling.IO.AtomicFolder.Write(folder, tmp =>
         {
             var json = config.ToJson();
@@ -67,13 +70,7 @@ internal static class SyntheticModels
                 string src = Path.Combine(tokenizerFolder, file);
                 if (File.Exists(src)) File.Copy(src, Path.Combine(tmp, file));
             }
-            var specs = new List<Modeling.IO.SafeTensorSpec> { new("model.embed_tokens.weight", ScalarType.Float32, [config.VocabSize, config.HiddenSize]) };
-            List<(string, long[])> layerShapes;
-            using (var template = new DecoderLayer(config)) layerShapes = template.named_parameters().Select(p => (p.name, p.parameter.shape)).ToList();
-            for (int l = 0; l < config.NumLayers; l++)
-                specs.AddRange(layerShapes.Select(s => new Modeling.IO.SafeTensorSpec($"model.layers.{l}.{s.Item1}", ScalarType.Float32, s.Item2)));
-            specs.Add(new("model.norm.weight", ScalarType.Float32, [config.HiddenSize]));
-            specs.Add(new("lm_head.weight", ScalarType.Float32, [config.VocabSize, config.HiddenSize]));
+            var specs = Modeling.IO.StateDictLayout.Specs(config);
             using var writer = new Modeling.IO.SafeTensorsStreamWriter(Path.Combine(tmp, "model.safetensors"), specs);
             using var gen = new TorchSharp.torch.Generator((ulong)seed);
             using var noGrad = no_grad();

@@ -37,7 +37,7 @@ public static class StreamingCarver
         AtomicFolder.Write(outputFolder, tmp =>
         {
             CarvedFolder.WriteConfigAndTokenizer(tmp, sourceFolder, shape, layout.ToString(), provenance);
-            using var writer = new SafeTensorsStreamWriter(Path.Combine(tmp, "model.safetensors"), Specs(config, shape), CarvedFolder.WeightsMetadata);
+            using var writer = new SafeTensorsStreamWriter(Path.Combine(tmp, "model.safetensors"), StateDictLayout.Specs(config, shape), CarvedFolder.WeightsMetadata);
             using var noGrad = no_grad();
             using var ids = calibration.to(ScalarType.Int64);
             using var rope = new RotaryEmbedding(config);
@@ -83,26 +83,6 @@ public static class StreamingCarver
             writer.Complete();
         });
         return new CarveReport(layout, clock.Elapsed.TotalSeconds, reports, layout.ActiveFraction);
-    }
-
-    /// <summary>Every tensor of the carved model in <see cref="LlamaForCausalLM"/>'s state-dict order, from an uninitialised template layer.</summary>
-    private static List<SafeTensorSpec> Specs(LlamaConfig config, MoeShape shape)
-    {
-        var specs = new List<SafeTensorSpec> { new("model.embed_tokens.weight", ScalarType.Float32, [config.VocabSize, config.HiddenSize]) };
-        List<(string Key, ScalarType DType, long[] Shape)> layerParams, layerBuffers;
-        using (var template = new DecoderLayer(config))   // uninitialised: costs address space, not memory
-        {
-            template.ReplaceMlp(new MoeBlock(shape));
-            layerParams = template.named_parameters().Select(p => (p.name, p.parameter.dtype, p.parameter.shape)).ToList();
-            layerBuffers = template.named_buffers().Select(b => (b.name, b.buffer.dtype, b.buffer.shape)).ToList();
-        }
-        for (int l = 0; l < config.NumLayers; l++)
-            specs.AddRange(layerParams.Select(s => new SafeTensorSpec($"model.layers.{l}.{s.Key}", s.DType, s.Shape)));
-        specs.Add(new("model.norm.weight", ScalarType.Float32, [config.HiddenSize]));
-        if (!config.TieWordEmbeddings) specs.Add(new("lm_head.weight", ScalarType.Float32, [config.VocabSize, config.HiddenSize]));
-        for (int l = 0; l < config.NumLayers; l++)
-            specs.AddRange(layerBuffers.Select(s => new SafeTensorSpec($"model.layers.{l}.{s.Key}", s.DType, s.Shape)));
-        return specs;
     }
 
     /// <summary>

@@ -19,9 +19,16 @@ public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
     public Parameter Weight => weight;
 
     /// <summary>ids [b, t] (int64) -> [b, t, d].</summary>
+    /// <exception cref="ArgumentException">An id is outside the vocabulary (a tokenizer that does not belong to the model).</exception>
     public override Tensor forward(Tensor ids)
     {
         using var scope = NewDisposeScope();
+        if (ids.numel() > 0)
+        {
+            long low = ids.min().item<long>(), high = ids.max().item<long>(), vocab = weight.shape[0];
+            if (low < 0 || high >= vocab)
+                throw new ArgumentException($"Token id {(low < 0 ? low : high)} is outside the model's vocabulary of {vocab}: the tokenizer does not belong to this model. Use the model folder's own tokenizer files.");
+        }
         var flat = weight.index_select(0, ids.flatten());                             // [b*t, d]
         return flat.view(ids.shape[0], ids.shape[1], -1).MoveToOuterDisposeScope();
     }

@@ -137,6 +137,17 @@ public class BadInputTests
     }
 
     [Fact]
+    public void TokenIdsOutsideTheVocabularyAreNamed()
+    {
+        TorchTestSetup.Pin();
+        using var dir = new TempDir();
+        using var model = CheckpointLoader.Load(TinyCheckpoint.Write(dir.Path, TinyCheckpoint.Config()));
+        using var ids = tensor(new long[] { 1, 2, 50 }).unsqueeze(0);   // vocab is 50
+        var act = () => model.Forward(ids);
+        act.Should().Throw<ArgumentException>().WithMessage("*Token id 50 is outside the model's vocabulary of 50*tokenizer does not belong*");
+    }
+
+    [Fact]
     public void SafetensorsRoundTripKeepsNamesShapesAndValues()
     {
         TorchTestSetup.Pin();
