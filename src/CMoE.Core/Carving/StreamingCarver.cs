@@ -50,7 +50,7 @@ public static class StreamingCarver
             {
                 weights.LoadInto(embeddings, "model.embed_tokens.");
                 hidden = MoeCarver.Batches(ids, options.Batch).Select(b => embeddings.forward(b)).ToList();   // [b, t, d] each
-                WriteAll(writer, embeddings, "model.embed_tokens.");
+                WriteParameters(writer, embeddings, "model.embed_tokens.");
             }
             ReleaseFreedMemory();
             try
@@ -62,7 +62,7 @@ public static class StreamingCarver
                     layer.eval();
                     weights.LoadInto(layer, $"model.layers.{l}.");
                     reports.Add(MoeCarver.CarveLayerSequential(layer, l, ref hidden, cos, sin, options));
-                    foreach (var (key, p) in layer.named_parameters()) writer.Write($"model.layers.{l}.{key}", p);
+                    WriteParameters(writer, layer, $"model.layers.{l}.");
                     foreach (var (key, b) in layer.named_buffers()) buffers.Add(($"model.layers.{l}.{key}", b.clone().DetachFromDisposeScope()));
                     layer.Dispose();
                     ReleaseFreedMemory();
@@ -104,7 +104,8 @@ public static class StreamingCarver
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
     private static extern int MallocTrim(nuint pad);
 
-    private static void WriteAll(SafeTensorsStreamWriter writer, nn.Module module, string prefix)
+    /// <summary>Writes a module's parameters (not its buffers: those come last in the file) under <paramref name="prefix"/>.</summary>
+    private static void WriteParameters(SafeTensorsStreamWriter writer, nn.Module module, string prefix)
     {
         foreach (var (key, value) in module.named_parameters()) writer.Write(prefix + key, value);
     }

@@ -25,7 +25,8 @@ public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         if (ids.numel() > 0)
         {
-            long low = ids.min().item<long>(), high = ids.max().item<long>(), vocab = weight.shape[0];
+            var range = stack([ids.min(), ids.max()]).data<long>();                    // one host sync, not two
+            long low = range[0], high = range[1], vocab = weight.shape[0];
             if (low < 0 || high >= vocab)
                 throw new ArgumentException($"Token id {(low < 0 ? low : high)} is outside the model's vocabulary of {vocab}: the tokenizer does not belong to this model. Use the model folder's own tokenizer files.");
         }
