@@ -17,7 +17,7 @@ internal sealed record BenchSettings(int PromptTokens, int DecodeTokens, int Bat
 
 /// <summary>Medians of one model's figures.</summary>
 internal sealed record ModelSpeed(double PrefillTokensPerSecond, double DecodeTokensPerSecond,
-    double FfnDecodeMicrosPerToken, double FfnPrefillMicrosPerToken, double DecodeMillisPerToken);
+    double FfnDecodeMicrosPerToken, double FfnPrefillMicrosPerToken, double DecodeMillisPerToken, double FfnDecodeEveryExpertMicrosPerToken);
 
 /// <summary>
 /// Dense vs carved inference speed: prefill and greedy decode with the KV cache, end to end, and one
@@ -55,7 +55,9 @@ internal static class InferenceBench
                 var (prefill, decode) = Generate(model, prompt, r < 0 ? Math.Min(4, s.DecodeTokens) : s.DecodeTokens);
                 double ffnDecode = TimeFfnDecode(ffn, ffnInput, s.FfnDecodeTokens);
                 double ffnPrefill = TimeFfnPrefill(ffn, ffnInput);
+                double everyExpert = ffn is MoeBlock block ? TimeEveryExpertDecode(block, ffnInput, s.FfnDecodeTokens) : double.NaN;
                 if (r < 0) continue;
+                Add(name + ".ffn_decode_every_expert", everyExpert);
                 Add(name + ".prefill", prefill);
                 Add(name + ".decode", decode);
                 Add(name + ".ffn_decode", ffnDecode);
@@ -68,7 +70,8 @@ internal static class InferenceBench
             DecodeTokensPerSecond: s.Batch * s.DecodeTokens / Median(samples[name + ".decode"]),
             FfnDecodeMicrosPerToken: 1e6 * Median(samples[name + ".ffn_decode"]) / (s.Batch * Math.Min(s.FfnDecodeTokens, s.PromptTokens)),
             FfnPrefillMicrosPerToken: 1e6 * Median(samples[name + ".ffn_prefill"]) / (s.Batch * s.PromptTokens),
-            DecodeMillisPerToken: 1e3 * Median(samples[name + ".decode"]) / s.DecodeTokens);
+            DecodeMillisPerToken: 1e3 * Median(samples[name + ".decode"]) / s.DecodeTokens,
+            FfnDecodeEveryExpertMicrosPerToken: 1e6 * Median(samples[name + ".ffn_decode_every_expert"]) / (s.Batch * Math.Min(s.FfnDecodeTokens, s.PromptTokens)));
         return (Speed("dense"), Speed("carved"));
     }
 
@@ -142,6 +145,19 @@ internal static class InferenceBench
         last!.Dispose();
         foreach (var v in steps) v.Dispose();
         return seconds;
+    }
+
+    /// <summary>
+    /// Kernel parity: the carved FFN's single-token calls with every routed expert active, i.e. the whole dense FFN's
+    /// work through the carved decode path. Close to the dense FFN's time means the carved speed-up comes from the
+    /// experts it skips, not from a faster kernel.
+    /// </summary>
+    private static double TimeEveryExpertDecode(MoeBlock block, Tensor x, int tokens)
+    {
+        int active = block.ActiveExperts;
+        block.ActiveExperts = block.Shape.RoutedExperts;
+        try { return TimeFfnDecode(block, x, tokens); }
+        finally { block.ActiveExperts = active; }
     }
 
     /// <summary>Seconds for one FFN call on the whole prompt.</summary>

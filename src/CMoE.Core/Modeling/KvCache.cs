@@ -34,12 +34,21 @@ public sealed class KvCache : IDisposable
     internal (Tensor Keys, Tensor Values) Append(int layer, Tensor k, Tensor v)
     {
         long n = k.shape[2];
-        if (Length + n > Capacity)
-            throw new InvalidOperationException($"The KV cache holds {Capacity} positions; {Length + n} were needed. Create a larger cache.");
+        EnsureRoom(n);
         _keys[layer].narrow(2, Length, n).copy_(k);
         _values[layer].narrow(2, Length, n).copy_(v);
         return (_keys[layer].narrow(2, 0, Length + n), _values[layer].narrow(2, 0, Length + n));
     }
+
+    /// <summary>Fails with a message naming the fix when <paramref name="n"/> more positions do not fit.</summary>
+    internal void EnsureRoom(long n)
+    {
+        if (Length + n > Capacity)
+            throw new InvalidOperationException($"The KV cache holds {Capacity} positions; {Length + n} were needed. Create a larger cache.");
+    }
+
+    /// <summary>The whole key and value buffers of <paramref name="layer"/>, [batch, kv_heads, capacity, head_dim] each (for in-place decode kernels).</summary>
+    internal (Tensor Keys, Tensor Values) Buffers(int layer) => (_keys[layer], _values[layer]);
 
     /// <summary>Frees the buffers.</summary>
     public void Dispose()

@@ -50,6 +50,7 @@ public sealed class LlamaAttention : nn.Module
     /// </summary>
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, KvCache? cache, int layer)
     {
+        if (cache is not null && TryManagedDecode(x, cos, sin, cache, layer) is { } decoded) return decoded;
         using var scope = NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
         Tensor q, k, v;
@@ -90,6 +91,71 @@ public sealed class LlamaAttention : nn.Module
             : F.scaled_dot_product_attention(q, k, v, attn_mask: t > 1 ? OffsetCausalMask(t, past, x.device) : null);
         var merged = attn.transpose(1, 2).reshape(b, t, _heads * _headDim);          // [b, t, H*hd]
         return o_proj.forward(merged).MoveToOuterDisposeScope();
+    }
+
+    private DecoderPointers? _decoder;   // for the weight tensors the block held when it was read (a class: swapped atomically)
+
+    private sealed record DecoderPointers(IntPtr[] Handles, nint Qkv, nint O);   // 0: the weights do not qualify
+
+    /// <summary>
+    /// Decode step for CPU fp32 inference (one new position per sequence, at most <see cref="DecodeKernels.MaxTokens"/>
+    /// sequences, a KV cache): q|k|v as one managed matrix-vector product, rotary on q and k, k and v written into the
+    /// cache, each query head against its KV head's cached positions, o_proj. One allocation instead of ~20 tensor
+    /// operations; null where it does not apply (training, adapters, biases, other devices or dtypes, prefill).
+    /// </summary>
+    private unsafe Tensor? TryManagedDecode(Tensor x, Tensor cos, Tensor sin, KvCache cache, int layer)
+    {
+        if (x.dim() != 3 || x.shape[1] != 1 || o_proj.Bias is not null || !o_proj.RawWeightsUsable) return null;
+        long b = x.shape[0], d = x.shape[2];
+        if (RawQkv(x) is not { } qkvWeight || !DecodeKernels.Qualifies(x, d, DecodeKernels.MaxTokens)) return null;
+        var (keys, values) = cache.Buffers(layer);
+        if (!DecodeKernels.Readable(cos, sin, keys, values) || cos.numel() != _headDim) return null;
+        IntPtr[] handles = [q_proj.Weight.Handle, k_proj.Weight.Handle, v_proj.Weight.Handle, o_proj.Weight.Handle];
+        var decoder = _decoder;
+        if (decoder is null || !decoder.Handles.AsSpan().SequenceEqual(handles))
+            _decoder = decoder = DecodeKernels.Readable(qkvWeight, o_proj.Weight)
+                ? new(handles, (nint)DecodeKernels.Pointer(qkvWeight), (nint)DecodeKernels.Pointer(o_proj.Weight))
+                : new(handles, 0, 0);
+        if (decoder.Qkv == 0) return null;
+
+        cache.EnsureRoom(1);
+        int past = (int)cache.Length, positions = past + 1, hd = _headDim, heads = _heads, kv = _kvHeads, group = heads / kv;
+        long capacity = cache.Capacity;
+        float* kBase = DecodeKernels.Pointer(keys), vBase = DecodeKernels.Pointer(values);
+        ReadOnlySpan<float> xs = DecodeKernels.Floats(x), cs = DecodeKernels.Floats(cos), sn = DecodeKernels.Floats(sin);
+        var y = empty(x.shape, dtype: ScalarType.Float32);
+        var ys = DecodeKernels.Floats(y);
+        int width = (heads + 2 * kv) * hd;
+        float[] scratch = System.Buffers.ArrayPool<float>.Shared.Rent(width + heads * hd + group * positions);
+        try
+        {
+            var qkv = scratch.AsSpan(0, width);                                              // q heads | k heads | v heads
+            var merged = scratch.AsSpan(width, heads * hd);                                   // attention output, heads side by side
+            var scores = scratch.AsSpan(width + heads * hd, group * positions);
+            for (int row = 0; row < b; row++)
+            {
+                DecodeKernels.MatVec((float*)decoder.Qkv, width, (int)d, xs.Slice(row * (int)d, (int)d), qkv, null);
+                for (int h = 0; h < heads + kv; h++) DecodeKernels.Rotate(qkv.Slice(h * hd, hd), cs, sn);   // q and k
+                for (int g = 0; g < kv; g++)                                                   // append k, v at position `past`
+                {
+                    long at = ((row * kv + g) * capacity + past) * hd;
+                    qkv.Slice((heads + g) * hd, hd).CopyTo(new Span<float>(kBase + at, hd));
+                    qkv.Slice((heads + kv + g) * hd, hd).CopyTo(new Span<float>(vBase + at, hd));
+                }
+                for (int g = 0; g < kv; g++)                                                   // query heads g*G .. (g+1)*G - 1 share KV head g
+                {
+                    long start = (row * kv + g) * capacity * hd;
+                    DecodeKernels.AttendGroup(qkv.Slice(g * group * hd, group * hd), group, kBase + start, vBase + start, positions,
+                        merged.Slice(g * group * hd, group * hd), scores);
+                }
+                DecodeKernels.MatVec((float*)decoder.O, (int)d, heads * hd, merged, ys.Slice(row * (int)d, (int)d), null);
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<float>.Shared.Return(scratch);
+        }
+        return y;
     }
 
     /// <summary>The q|k|v weight block when the fused inference path applies to <paramref name="x"/>, else null.</summary>

@@ -35,6 +35,7 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
     /// <summary>y = W_down (SiLU(W_gate x) * (W_up x)); x [..., d] -> [..., d].</summary>
     public override Tensor forward(Tensor x)
     {
+        if (TryManagedForward(x) is { } decoded) return decoded;
         using var scope = NewDisposeScope();
         if (RawGateUp(x) is { } gateUp)
         {
@@ -46,6 +47,41 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
         var h = F.silu(gate_proj.forward(x)) * up_proj.forward(x);   // [..., d_h]
         return down_proj.forward(h).MoveToOuterDisposeScope();       // [..., d]
     }
+
+    private DecoderPointers? _decoder;   // for the weight tensors the block held when it was read (a class: swapped atomically)
+
+    private sealed record DecoderPointers(IntPtr[] Handles, nint GateUp, nint Down);   // 0: the weights do not qualify
+
+    /// <summary>
+    /// Decode path for CPU fp32 inference on at most <see cref="DecodeKernels.MaxTokens"/> tokens: the FFN as managed
+    /// matrix-vector products (<see cref="DecodeKernels.SwiGlu"/>) into a fresh tensor; null where it does not apply.
+    /// </summary>
+    internal unsafe Tensor? TryManagedForward(Tensor x)
+    {
+        if (FusedGateUp is not { } gateUp || !DecodeKernels.Qualifies(x, gateUp.shape[1], DecodeKernels.MaxTokens)) return null;
+        IntPtr[] handles = [gate_proj.Weight.Handle, up_proj.Weight.Handle, down_proj.Weight.Handle];
+        var decoder = _decoder;
+        if (decoder is null || !decoder.Handles.AsSpan().SequenceEqual(handles))
+        {
+            bool readable = down_proj.Bias is null && DecodeKernels.Readable(gateUp, down_proj.Weight);
+            _decoder = decoder = readable ? new(handles, (nint)DecodeKernels.Pointer(gateUp), (nint)DecodeKernels.Pointer(down_proj.Weight)) : new(handles, 0, 0);
+        }
+        if (decoder.GateUp == 0) return null;
+        var y = empty(x.shape, dtype: ScalarType.Float32);
+        ReadOnlySpan<float> xs = DecodeKernels.Floats(x);
+        var ys = DecodeKernels.Floats(y);
+        int d = (int)gateUp.shape[1], n = (int)_intermediate;
+        float[]? rented = 2 * n > DecodeKernels.StackFloats ? System.Buffers.ArrayPool<float>.Shared.Rent(2 * n) : null;
+        Span<float> scratch = rented ?? stackalloc float[2 * n];
+        for (int t = 0; t < xs.Length / d; t++)
+            DecodeKernels.SwiGlu((float*)decoder.GateUp, (float*)decoder.Down, n, xs.Slice(t * d, d), ys.Slice(t * d, d), null, scratch);
+        if (rented is not null) System.Buffers.ArrayPool<float>.Shared.Return(rented);
+        return y;
+    }
+
+    /// <summary>W_gate|W_up as one [2 d_h, d] block while both still live in it and no adapter changes them, else null.</summary>
+    internal Tensor? FusedGateUp =>
+        gate_proj.RawWeightsUsable && up_proj.RawWeightsUsable && down_proj.RawWeightsUsable ? _gateUp.TryGet([gate_proj.Weight, up_proj.Weight]) : null;
 
     /// <summary>W_gate|W_up [2 d_h, d] when the fused inference path applies to <paramref name="x"/>, else null.</summary>
     internal Tensor? RawGateUp(Tensor x)

@@ -91,6 +91,77 @@ public class MoeBlockTests
         (training - grouped).abs().max().item<float>().Should().BeLessThan(1e-5f);
     }
 
+    [Theory]
+    [InlineData(12, 1)]
+    [InlineData(12, 4)]
+    [InlineData(0, 2)]
+    public void ManagedDecodeEqualsGroupedPath(int sharedNeurons, int tokens)
+    {
+        TorchTestSetup.Pin();
+        using var dense = RandomDense(40, 124, seed: 9);
+        var (shared, experts, reps) = RandomPartition(124, shared: sharedNeurons, e: 7, seed: 10);
+        using var moe = MoeBlock.FromDense(dense, shared, experts, reps, active: 3);
+        using (no_grad())
+        {
+            moe.Router.Scale.copy_(randn(7));                  // non-trivial gates
+            moe.Router.Scale[2] = tensor(0f);                  // and one gate of exactly 1 + 0
+            moe.Router.Bias.copy_(randn(7) * 0.1);             // the bias changes the selection
+        }
+        moe.eval();
+        using var x = randn(1, tokens, 40);
+        using var managed = moe.TryManagedForward(x);
+        managed.Should().NotBeNull("CPU fp32 inference on few tokens takes the managed decode path");
+        managed!.shape.Should().Equal(x.shape);
+        using var grouped = moe.GroupedForward(x.view(tokens, 40), 3);
+        (managed.view(tokens, 40) - grouped).abs().max().item<float>().Should().BeLessThan(1e-5f);
+
+        // In-place weight updates (loading, LoRA merge) are seen at once.
+        using (no_grad()) moe.Experts.Down.mul_(2);
+        using var regrouped = moe.GroupedForward(x.view(tokens, 40), 3);
+        using var remanaged = moe.forward(x);
+        (remanaged.view(tokens, 40) - regrouped).abs().max().item<float>().Should().BeLessThan(1e-5f);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(4)]
+    public void DenseManagedDecodeEqualsTensorPath(int tokens)
+    {
+        TorchTestSetup.Pin();
+        using var dense = RandomDense(40, 124, seed: 13);
+        dense.eval();                                              // new modules start in training mode
+        using var x = randn(1, tokens, 40);
+        using var managed = dense.TryManagedForward(x);
+        managed.Should().NotBeNull("CPU fp32 inference on few tokens takes the managed decode path");
+        dense.train();                                             // training mode: the tensor reference path
+        dense.TryManagedForward(x).Should().BeNull();
+        using var reference = dense.forward(x);
+        (managed! - reference).abs().max().item<float>().Should().BeLessThan(1e-5f);
+    }
+
+    [Fact]
+    public void ManagedDecodeStepsAsideWhereItDoesNotApply()
+    {
+        TorchTestSetup.Pin();
+        using var dense = RandomDense(16, 64, seed: 11);
+        var (shared, experts, reps) = RandomPartition(64, shared: 8, e: 4, seed: 12);
+        using var moe = MoeBlock.FromDense(dense, shared, experts, reps, active: 2);
+        using var x = randn(1, 1, 16);
+        moe.eval();
+        using (var many = randn(1, 5, 16)) moe.TryManagedForward(many).Should().BeNull("more tokens than FastPathMaxTokens take the grouped path");
+        using (var half = x.to(ScalarType.Float64)) moe.TryManagedForward(half).Should().BeNull("only fp32 inputs qualify");
+        moe.train();
+        moe.TryManagedForward(x).Should().BeNull("training mode needs the differentiable path");
+        moe.eval();
+        moe.to(ScalarType.BFloat16);
+        using (var bf = x.to(ScalarType.BFloat16))
+        {
+            moe.TryManagedForward(bf).Should().BeNull("bf16 weights use the tensor paths");
+            using var y = moe.forward(bf);                     // and the block still works after the weights were replaced
+            y.shape.Should().Equal(bf.shape);
+        }
+    }
+
     [Fact]
     public void FastPathWithoutSharedExpertAndAllExpertsOnEqualsDense()
     {

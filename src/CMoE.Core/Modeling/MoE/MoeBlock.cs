@@ -110,12 +110,38 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
     /// </summary>
     public override Tensor forward(Tensor x)
     {
+        if (TryManagedForward(x) is { } managed) return managed;
         using var scope = NewDisposeScope();
         var tokens = x.reshape(-1, Shape.Hidden);                                      // [n, d]
         int active = Math.Min(ActiveExperts, Shape.RoutedExperts);
         bool fast = tokens.shape[0] <= FastPathMaxTokens && !RecordLoad && experts.RawWeightsUsable;
         var y = fast ? FastForward(tokens, active) : GroupedForward(tokens, active);   // [n, d]
         return y.view(x.shape).MoveToOuterDisposeScope();
+    }
+
+    private Tuple<IntPtr[], ManagedMoeDecoder?>? _decoderCache;   // for the tensors the block held when it was built (a class: swapped atomically)
+
+    /// <summary>
+    /// The decode path for CPU fp32 inference on at most <see cref="FastPathMaxTokens"/> tokens: the whole block in
+    /// one managed call (<see cref="ManagedMoeDecoder"/>) writing into a fresh tensor; null where it does not apply.
+    /// </summary>
+    internal Tensor? TryManagedForward(Tensor x)
+    {
+        if (RecordLoad || !experts.RawWeightsUsable || (shared_expert is not null && shared_expert.FusedGateUp is null)) return null;
+        if (!DecodeKernels.Qualifies(x, Shape.Hidden, FastPathMaxTokens) || Decoder() is not { } decoder) return null;
+        var y = empty(x.shape, dtype: ScalarType.Float32);
+        decoder.Forward(DecodeKernels.Floats(x), DecodeKernels.Floats(y), Math.Min(ActiveExperts, Shape.RoutedExperts));
+        return y;
+    }
+
+    private ManagedMoeDecoder? Decoder()
+    {
+        var handles = ManagedMoeDecoder.SourceHandles(this);
+        var cached = _decoderCache;
+        if (cached is not null && cached.Item1.AsSpan().SequenceEqual(handles)) return cached.Item2;
+        var decoder = ManagedMoeDecoder.TryCreate(this);                      // null is remembered too, until the weights change
+        _decoderCache = Tuple.Create(handles, decoder);
+        return decoder;
     }
 
     /// <summary>The reference path: y = E_shared(x) + sum_j g_j E_j(x), tokens grouped per expert. x [n, d] -> [n, d].</summary>

@@ -59,6 +59,9 @@ public sealed class StackedExperts : nn.Module
     /// </summary>
     public bool RawWeightsUsable => !training && Adapter is null;
 
+    /// <summary>W_gate|W_up of every expert as one [E, 2m, d] block (expert j's rows contiguous) while both stacks still live in it, else null.</summary>
+    internal Tensor? FusedGateUp => (gate_proj.Handle, up_proj.Handle) == _blockOf ? _gateUpBlock[0] : null;
+
     /// <summary>Optional low-rank terms on every expert's matrices (LoRA while fine-tuning); not part of the state dict.</summary>
     internal IExpertAdapter? Adapter { get; set; }
 

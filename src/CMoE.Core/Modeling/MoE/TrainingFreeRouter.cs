@@ -41,6 +41,9 @@ public sealed class TrainingFreeRouter : nn.Module
     /// <summary>b [E], the balancing bias (selection only).</summary>
     public Tensor Bias => bias;
 
+    /// <summary>G|U as one [2E, d] block (G rows first) while both still live in it, else null.</summary>
+    internal Tensor? FusedGateUp => _gateUp.TryGet([gate, up]);
+
     /// <summary>Fills G and U from the representative rows of the dense weights, L2-normalised.</summary>
     public void Initialise(Tensor denseGate, Tensor denseUp, long[] representatives)
     {
@@ -103,33 +106,44 @@ public sealed class TrainingFreeRouter : nn.Module
         int n = g.Length / stride;
         var experts = new int[n * active];
         var gates = new double[n * active];
-        Span<double> p = stackalloc double[e];
         for (int t = 0; t < n; t++)
+            SelectOnHost(g.AsSpan(gOffset + t * stride, e), u.AsSpan(uOffset + t * stride, e), b, scl,
+                experts.AsSpan(t * active, active), gates.AsSpan(t * active, active));
+        return (experts, gates);
+    }
+
+    /// <summary>
+    /// The router's host-side tail for one token, from its two products G x and U x [E]: s_j = |U x * SiLU(G x)|,
+    /// p = softmax(s) (fp32 like <see cref="Route"/>), the top-a of p + b written to <paramref name="experts"/> (length a,
+    /// best first) and their gates 1 + p_j u_j to <paramref name="gates"/>.
+    /// </summary>
+    internal static void SelectOnHost(ReadOnlySpan<float> gx, ReadOnlySpan<float> ux, ReadOnlySpan<float> bias, ReadOnlySpan<float> scale,
+        Span<int> experts, Span<double> gates)
+    {
+        int e = gx.Length;
+        Span<double> p = stackalloc double[e];
+        double max = double.NegativeInfinity;
+        for (int j = 0; j < e; j++)
         {
-            double max = double.NegativeInfinity;
+            double gj = gx[j];
+            p[j] = Math.Abs(ux[j] * (float)(gj / (1 + Math.Exp(-gj))));                   // s_j = |U x * SiLU(G x)|
+            max = Math.Max(max, p[j]);
+        }
+        double sum = 0;
+        for (int j = 0; j < e; j++) sum += p[j] = Math.Exp(p[j] - max);
+        for (int j = 0; j < e; j++) p[j] = (float)(p[j] / sum);                           // softmax, fp32 like Route
+        for (int k = 0; k < experts.Length; k++)                                          // top-a of p + b
+        {
+            int best = -1;
+            double bestScore = double.NegativeInfinity;
             for (int j = 0; j < e; j++)
             {
-                double gj = g[gOffset + t * stride + j];
-                p[j] = Math.Abs(u[uOffset + t * stride + j] * (float)(gj / (1 + Math.Exp(-gj))));     // s_j = |U x * SiLU(G x)|
-                max = Math.Max(max, p[j]);
+                double score = (float)(p[j] + bias[j]);
+                if (score > bestScore && !experts[..k].Contains(j)) (best, bestScore) = (j, score);
             }
-            double sum = 0;
-            for (int j = 0; j < e; j++) sum += p[j] = Math.Exp(p[j] - max);
-            for (int j = 0; j < e; j++) p[j] = (float)(p[j] / sum);                       // softmax, fp32 like Route
-            for (int k = 0; k < active; k++)                                              // top-a of p + b
-            {
-                int best = -1;
-                double bestScore = double.NegativeInfinity;
-                for (int j = 0; j < e; j++)
-                {
-                    double score = (float)(p[j] + b[j]);
-                    if (score > bestScore && Array.IndexOf(experts, j, t * active, k) < 0) (best, bestScore) = (j, score);
-                }
-                experts[t * active + k] = best;
-                gates[t * active + k] = (float)(1 + (float)p[best] * scl[best]);         // g_j = 1 + p_j u_j
-            }
+            experts[k] = best;
+            gates[k] = (float)(1 + (float)p[best] * scale[best]);                         // g_j = 1 + p_j u_j
         }
-        return (experts, gates);
     }
 
     /// <summary>A tensor's values as fp32 on the host (no copy for a contiguous fp32 CPU tensor beyond the array).</summary>

@@ -1,0 +1,197 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using static TorchSharp.torch;
+using TensorPrimitives = System.Numerics.Tensors.TensorPrimitives;
+
+namespace CMoE.Modeling;
+
+/// <summary>
+/// Managed matrix-vector kernels for decoding a few tokens on the CPU in fp32, reading the weights straight from
+/// their tensors' memory. A SwiGLU FFN on one token is three matrix-vector products and an elementwise product; as
+/// tensor operations that is ~6 dispatches per dense FFN and ~20 per carved one, whose fixed cost dominates a decode
+/// step of a small model. Dense (<see cref="SwiGluMlp"/>) and carved (<see cref="MoE.ManagedMoeDecoder"/>) FFNs
+/// both use these kernels, so the carved speed-up measured against dense comes from the experts it skips.
+/// </summary>
+internal static unsafe class DecodeKernels
+{
+    /// <summary>Inputs of at most this many tokens take the managed decode paths (larger ones are matrix products).</summary>
+    public const int MaxTokens = 4;
+
+    /// <summary>Scratch of up to this many floats lives on the stack (64 KB); larger comes from the array pool.</summary>
+    public const int StackFloats = 16 * 1024;
+
+    private const long ParallelElements = 1 << 18;   // matrices from this size are split across torch's threads
+
+    /// <summary>
+    /// Whether <paramref name="x"/> [..., <paramref name="hidden"/>] can take a managed decode path: fp32, CPU, contiguous,
+    /// at most <paramref name="maxTokens"/> rows and no gradient wanted.
+    /// </summary>
+    public static bool Qualifies(Tensor x, long hidden, int maxTokens)
+    {
+        if (x.dtype != ScalarType.Float32 || x.device_type != TorchSharp.DeviceType.CPU || !x.is_contiguous()) return false;
+        long n = x.numel() / hidden;
+        return n > 0 && n <= maxTokens && !(x.requires_grad && is_grad_enabled());
+    }
+
+    /// <summary>Whether every tensor is fp32, on the CPU and contiguous (so <see cref="Pointer"/> may read it).</summary>
+    public static bool Readable(params Tensor[] tensors) =>
+        tensors.All(t => t.dtype == ScalarType.Float32 && t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous());
+
+    /// <summary>The first element of a contiguous fp32 CPU tensor; valid while the tensor's storage lives.</summary>
+    public static float* Pointer(Tensor t)
+    {
+        fixed (byte* p = t.bytes) return (float*)p;     // native memory: the pointer outlives the fixed block
+    }
+
+    /// <summary>A contiguous fp32 CPU tensor's elements.</summary>
+    public static Span<float> Floats(Tensor t) => MemoryMarshal.Cast<byte, float>(t.bytes);
+
+    /// <summary>
+    /// One token through a SwiGLU FFN of width <paramref name="n"/>: y = W_down (SiLU(W_gate x) * (W_up x)) when
+    /// <paramref name="scale"/> is null, else y += scale * that. <paramref name="gateUp"/> is W_gate|W_up [2n, d],
+    /// <paramref name="down"/> W_down [d, n] (row-major), <paramref name="scratch"/> at least 2n floats.
+    /// </summary>
+    public static void SwiGlu(float* gateUp, float* down, int n, ReadOnlySpan<float> x, Span<float> y, float? scale, Span<float> scratch)
+    {
+        var h = scratch[..(2 * n)];
+        MatVec(gateUp, 2 * n, x.Length, x, h, null);                                   // W_gate x | W_up x
+        SiluProduct(h, n);
+        MatVec(down, y.Length, n, h[..n], y, scale);                                   // (y +=) scale W_down h
+    }
+
+    /// <summary>h[..n] = SiLU(h[..n]) * h[n..2n] (gate half, then up half); the up half is overwritten.</summary>
+    public static void SiluProduct(Span<float> h, int n)
+    {
+        var g = h[..n];
+        var u = h.Slice(n, n);
+        TensorPrimitives.Multiply(u, g, u);       // u * g
+        TensorPrimitives.Sigmoid(g, g);           // sigmoid(g)
+        TensorPrimitives.Multiply(g, u, g);       // g sigmoid(g) u
+    }
+
+    /// <summary>
+    /// y[i] = w[i, :] . x (<paramref name="scale"/> null) or y[i] += scale * (w[i, :] . x), w row-major [rows, cols];
+    /// split across threads for large matrices when torch runs with more than one thread.
+    /// </summary>
+    public static void MatVec(float* w, int rows, int cols, ReadOnlySpan<float> x, Span<float> y, float? scale)
+    {
+        int threads = (long)rows * cols >= ParallelElements ? Math.Min(get_num_threads(), rows) : 1;
+        if (threads <= 1)
+        {
+            Rows(w, 0, rows, cols, x, y, scale);
+            return;
+        }
+        fixed (float* xp = x)
+        fixed (float* yp = y)
+        {
+            nint xa = (nint)xp, ya = (nint)yp, wa = (nint)w;
+            int chunk = (rows + threads - 1) / threads;
+            Parallel.For(0, threads, c =>
+            {
+                int start = c * chunk, end = Math.Min(rows, start + chunk);
+                if (start < end)
+                    Rows((float*)wa, start, end, cols, new ReadOnlySpan<float>((float*)xa, cols), new Span<float>((float*)ya, rows), scale);
+            });
+        }
+    }
+
+    private static void Rows(float* w, int start, int end, int cols, ReadOnlySpan<float> x, Span<float> y, float? scale)
+    {
+        for (int i = start; i < end; i++)
+        {
+            float dot = TensorPrimitives.Dot(new ReadOnlySpan<float>(w + (long)i * cols, cols), x);
+            y[i] = scale is { } g ? y[i] + g * dot : dot;
+        }
+    }
+
+    /// <summary>
+    /// Rotary embedding of one head in place, Hugging Face "rotate_half" layout: v = v cos + rotate_half(v) sin, where
+    /// rotate_half(v) = (-v[half..], v[..half]).
+    /// </summary>
+    public static void Rotate(Span<float> v, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
+    {
+        int half = v.Length / 2;
+        for (int i = 0; i < half; i++)
+        {
+            float a = v[i], b = v[i + half];
+            v[i] = a * cos[i] - b * sin[i];
+            v[i + half] = b * cos[i + half] + a * sin[i + half];
+        }
+    }
+
+    /// <summary>
+    /// The query heads of one KV group against the group's cached keys and values: for each head h,
+    /// out_h = softmax(K q_h / sqrt(head_dim)) V, with K and V row-major [positions, head_dim]. One pass over K and one
+    /// over V serve every head of the group. <paramref name="q"/> and <paramref name="output"/> hold the heads side by
+    /// side ([heads * head_dim]); <paramref name="scores"/> needs heads * positions floats.
+    /// </summary>
+    public static void AttendGroup(ReadOnlySpan<float> q, int heads, float* keys, float* values, int positions, Span<float> output, Span<float> scores)
+    {
+        int hd = q.Length / heads;
+        float scale = 1f / MathF.Sqrt(hd);
+        fixed (float* qp = q)
+        fixed (float* sp = scores)
+        fixed (float* op = output)
+        {
+            for (int p = 0; p < positions; p++)
+            {
+                float* k = keys + (long)p * hd;
+                for (int h = 0; h < heads; h++) sp[h * positions + p] = Dot(qp + h * hd, k, hd) * scale;
+            }
+            for (int h = 0; h < heads; h++)                                                // softmax per head, shifted by its max
+            {
+                var s = scores.Slice(h * positions, positions);
+                TensorPrimitives.Subtract(s, TensorPrimitives.Max<float>(s), s);
+                TensorPrimitives.Exp(s, s);
+                TensorPrimitives.Multiply(s, 1f / TensorPrimitives.Sum<float>(s), s);
+            }
+            output[..(heads * hd)].Clear();
+            for (int p = 0; p < positions; p++)
+            {
+                float* v = values + (long)p * hd;
+                for (int h = 0; h < heads; h++) AddScaled(sp[h * positions + p], v, op + h * hd, hd);
+            }
+        }
+    }
+
+    /// <summary>a . b over n floats.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Dot(float* a, float* b, int n)
+    {
+        int i = 0;
+        float sum = 0;
+        if (Vector512.IsHardwareAccelerated && n >= 16)
+        {
+            var acc = Vector512<float>.Zero;
+            for (; i <= n - 16; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), Vector512.Load(b + i), acc);
+            sum = Vector512.Sum(acc);
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            var acc = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), acc);
+            sum = Vector256.Sum(acc);
+        }
+        for (; i < n; i++) sum += a[i] * b[i];
+        return sum;
+    }
+
+    /// <summary>y += alpha x over n floats.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AddScaled(float alpha, float* x, float* y, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated && n >= 16)
+        {
+            var a = Vector512.Create(alpha);
+            for (; i <= n - 16; i += 16) Vector512.FusedMultiplyAdd(a, Vector512.Load(x + i), Vector512.Load(y + i)).Store(y + i);
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            var a = Vector256.Create(alpha);
+            for (; i <= n - 8; i += 8) Vector256.FusedMultiplyAdd(a, Vector256.Load(x + i), Vector256.Load(y + i)).Store(y + i);
+        }
+        for (; i < n; i++) y[i] += alpha * x[i];
+    }
+}
