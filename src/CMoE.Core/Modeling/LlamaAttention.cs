@@ -93,9 +93,9 @@ public sealed class LlamaAttention : nn.Module
         return o_proj.forward(merged).MoveToOuterDisposeScope();
     }
 
-    private DecoderPointers? _decoder;   // for the weight tensors the block held when it was read (a class: swapped atomically)
+    private readonly PerWeights<DecoderPointers> _decoder = new();
 
-    private sealed record DecoderPointers(IntPtr[] Handles, nint Qkv, nint O);   // 0: the weights do not qualify
+    private sealed record DecoderPointers(nint Qkv, nint O);
 
     /// <summary>
     /// Decode step for CPU fp32 inference (one new position per sequence, at most <see cref="DecodeKernels.MaxTokens"/>
@@ -110,13 +110,9 @@ public sealed class LlamaAttention : nn.Module
         if (RawQkv(x) is not { } qkvWeight || !DecodeKernels.Qualifies(x, d, DecodeKernels.MaxTokens)) return null;
         var (keys, values) = cache.Buffers(layer);
         if (!DecodeKernels.Readable(cos, sin, keys, values) || cos.numel() != _headDim) return null;
-        IntPtr[] handles = [q_proj.Weight.Handle, k_proj.Weight.Handle, v_proj.Weight.Handle, o_proj.Weight.Handle];
-        var decoder = _decoder;
-        if (decoder is null || !decoder.Handles.AsSpan().SequenceEqual(handles))
-            _decoder = decoder = DecodeKernels.Readable(qkvWeight, o_proj.Weight)
-                ? new(handles, (nint)DecodeKernels.Pointer(qkvWeight), (nint)DecodeKernels.Pointer(o_proj.Weight))
-                : new(handles, 0, 0);
-        if (decoder.Qkv == 0) return null;
+        var decoder = _decoder.Get([q_proj.Weight, k_proj.Weight, v_proj.Weight, o_proj.Weight], () =>
+            DecodeKernels.Readable(qkvWeight, o_proj.Weight) ? new((nint)DecodeKernels.Pointer(qkvWeight), (nint)DecodeKernels.Pointer(o_proj.Weight)) : null);
+        if (decoder is null) return null;
 
         cache.EnsureRoom(1);
         int past = (int)cache.Length, positions = past + 1, hd = _headDim, heads = _heads, kv = _kvHeads, group = heads / kv;

@@ -48,9 +48,9 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
         return down_proj.forward(h).MoveToOuterDisposeScope();       // [..., d]
     }
 
-    private DecoderPointers? _decoder;   // for the weight tensors the block held when it was read (a class: swapped atomically)
+    private readonly PerWeights<DecoderPointers> _decoder = new();
 
-    private sealed record DecoderPointers(IntPtr[] Handles, nint GateUp, nint Down);   // 0: the weights do not qualify
+    private sealed record DecoderPointers(nint GateUp, nint Down);
 
     /// <summary>
     /// Decode path for CPU fp32 inference on at most <see cref="DecodeKernels.MaxTokens"/> tokens: the FFN as managed
@@ -59,14 +59,11 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
     internal unsafe Tensor? TryManagedForward(Tensor x)
     {
         if (FusedGateUp is not { } gateUp || !DecodeKernels.Qualifies(x, gateUp.shape[1], DecodeKernels.MaxTokens)) return null;
-        IntPtr[] handles = [gate_proj.Weight.Handle, up_proj.Weight.Handle, down_proj.Weight.Handle];
-        var decoder = _decoder;
-        if (decoder is null || !decoder.Handles.AsSpan().SequenceEqual(handles))
-        {
-            bool readable = down_proj.Bias is null && DecodeKernels.Readable(gateUp, down_proj.Weight);
-            _decoder = decoder = readable ? new(handles, (nint)DecodeKernels.Pointer(gateUp), (nint)DecodeKernels.Pointer(down_proj.Weight)) : new(handles, 0, 0);
-        }
-        if (decoder.GateUp == 0) return null;
+        var decoder = _decoder.Get([gate_proj.Weight, up_proj.Weight, down_proj.Weight], () =>
+            down_proj.Bias is null && DecodeKernels.Readable(gateUp, down_proj.Weight)
+                ? new((nint)DecodeKernels.Pointer(gateUp), (nint)DecodeKernels.Pointer(down_proj.Weight))
+                : null);
+        if (decoder is null) return null;
         var y = empty(x.shape, dtype: ScalarType.Float32);
         ReadOnlySpan<float> xs = DecodeKernels.Floats(x);
         var ys = DecodeKernels.Floats(y);

@@ -12,7 +12,7 @@ namespace CMoE.Modeling.MoE;
 /// block falls back to the tensor paths everywhere else (CUDA, bf16/fp16, adapters attached, training).
 /// </summary>
 /// <remarks>
-/// The pointers stay valid while the block holds the same tensors (<see cref="SourceHandles"/>; a move to another device or
+/// The pointers stay valid while the block holds the same tensors (<see cref="Sources"/>; a move to another device or
 /// dtype replaces them). In-place updates (loading, LoRA merge,
 /// balancing-bias updates) keep the storage and are seen at once. Immutable, so scoring threads can share it.
 /// </remarks>
@@ -40,12 +40,10 @@ internal sealed unsafe class ManagedMoeDecoder
     }
 
     /// <summary>
-    /// The handles of the tensors a decoder for <paramref name="block"/> reads, in a fixed order: a decoder (or the finding that
-    /// none applies) stays valid while they are unchanged.
+    /// The parameters and buffers a decoder for <paramref name="block"/> reads, in a fixed order: a decoder (or the finding that
+    /// none applies) stays valid while the block holds these same tensors (see <see cref="PerWeights{T}"/>).
     /// </summary>
-    public static IntPtr[] SourceHandles(MoeBlock block) => Sources(block).Select(t => t.Handle).ToArray();
-
-    private static Tensor[] Sources(MoeBlock block)
+    public static Tensor[] Sources(MoeBlock block)
     {
         var r = block.Router;
         var x = block.Experts;

@@ -119,7 +119,7 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         return y.view(x.shape).MoveToOuterDisposeScope();
     }
 
-    private Tuple<IntPtr[], ManagedMoeDecoder?>? _decoderCache;   // for the tensors the block held when it was built (a class: swapped atomically)
+    private readonly PerWeights<ManagedMoeDecoder> _decoder = new();
 
     /// <summary>
     /// The decode path for CPU fp32 inference on at most <see cref="FastPathMaxTokens"/> tokens: the whole block in
@@ -134,15 +134,7 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         return y;
     }
 
-    private ManagedMoeDecoder? Decoder()
-    {
-        var handles = ManagedMoeDecoder.SourceHandles(this);
-        var cached = _decoderCache;
-        if (cached is not null && cached.Item1.AsSpan().SequenceEqual(handles)) return cached.Item2;
-        var decoder = ManagedMoeDecoder.TryCreate(this);                      // null is remembered too, until the weights change
-        _decoderCache = Tuple.Create(handles, decoder);
-        return decoder;
-    }
+    private ManagedMoeDecoder? Decoder() => _decoder.Get(ManagedMoeDecoder.Sources(this), () => ManagedMoeDecoder.TryCreate(this));
 
     /// <summary>The reference path: y = E_shared(x) + sum_j g_j E_j(x), tokens grouped per expert. x [n, d] -> [n, d].</summary>
     internal Tensor GroupedForward(Tensor tokens, int active)
