@@ -19,12 +19,14 @@ internal sealed class FinetuneCommand : ICommand
                       [--lora-rank 8] [--lora-alpha 32] [--lora-dropout 0.1] [--lr 5.65e-5] [--router-lr 1e-3]
                       [--bias-speed 1e-3] [--optimizer adamw|adam] [--weight-decay 0] [--max-grad-norm 1]
                       [--warmup 0] [--constant-lr] [--keep-adapters] [--checkpoint <folder>] [--checkpoint-every 0]
-                      [--resume] [--seed 0] {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage} [--json]
+                      [--resume] [--seed 0] [--dtype fp32|bf16] {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage} [--json]
           Training windows = `samples` random windows of seq-len tokens from BOS + encode(file), drawn with seed;
           one epoch, `batch` windows per step. The output is a carved folder (written atomically; the input is
           untouched) with the LoRA adapters merged, or with --keep-adapters the unmerged weights plus
           adapters.safetensors. --checkpoint writes adapters/weights, router u and b and the step (not Adam's moments)
           every N steps and on Ctrl+C; --resume continues from it with the same options.
+          --dtype bf16 (LoRA only; meant for GPUs): the frozen base weights are held in bf16 while training, the adapters,
+          u, b and the loss stay fp32, and the adapters are merged into the fp32 weights at the end.
         """;
 
     public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose", "keep-adapters", "resume", "constant-lr" };
@@ -59,12 +61,15 @@ internal sealed class FinetuneCommand : ICommand
         int checkpointEvery = line.Int("checkpoint-every", 0, min: 0);
         bool resume = line.Flag("resume");
         bool json = line.Flag("json");
+        var precision = line.Choice("dtype", TrainingPrecision.Fp32);
         var device = CommonOptions.Device(line);
         int threads = CommonOptions.Threads(line);
         line.RejectUnknown();
 
         options.Validate();
         if (resume && checkpoint is null) throw new UsageException("--resume needs --checkpoint <folder>");
+        if (precision == TrainingPrecision.Bf16 && options.Mode != FineTuneMode.Lora)
+            throw new UsageException("--dtype bf16 trains LoRA adapters over frozen bf16 weights; full mode updates the weights themselves and needs --dtype fp32.");
         if (!ModelFolder.IsCarved(modelDir))
             throw new ArgumentException($"'{modelDir}' is not a carved folder; run 'cmoe carve' first.");
         if (Path.GetFullPath(modelDir).TrimEnd('/') == Path.GetFullPath(outDir).TrimEnd('/'))
@@ -75,15 +80,21 @@ internal sealed class FinetuneCommand : ICommand
 
         var tokenizer = TokenizerLoader.FromFolder(modelDir);
         var windows = CalibrationSampler.Sample(tokenizer.Encode(text, addBos: true), samples, seqLen, options.Seed);
-        using var model = ModelFolder.Load(modelDir, device: device);
+        var dtype = precision == TrainingPrecision.Bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        using var trained = ModelFolder.Load(modelDir, dtype, device);
         using var ids = tensor(windows);
-        using var tuner = new MoEFineTuner(model, options);
+        using var tuner = new MoEFineTuner(trained, options);
         if (resume) tuner.LoadCheckpoint(checkpoint!);
         FineTuneReport report;
         using (var bar = Terminal.Progress($"finetune {options.Mode.ToString().ToLowerInvariant()}"))
             report = tuner.Train(ids, new Progress<FineTuneProgress>(p => bar.Report((double)p.Step / p.Steps,
                 $"step {p.Step}/{p.Steps} loss {p.Loss:F3} {p.TokensPerSecond:F0} tok/s ETA {(int)p.Eta.TotalHours}:{p.Eta:mm\\:ss}")), cancel, checkpoint, checkpointEvery);
-        tuner.Finish(keepAdapters);
+        // bf16: carry the fp32 adapters, u and b over to an fp32 copy of the model and merge there (no bf16 rounding of the result).
+        using var fp32Copy = precision == TrainingPrecision.Bf16 ? ModelFolder.Load(modelDir, device: device) : null;
+        using var fp32Tuner = fp32Copy is null ? null : new MoEFineTuner(fp32Copy, options);
+        var (model, output) = (fp32Copy ?? trained, fp32Tuner ?? tuner);
+        if (fp32Tuner is not null) tuner.CopyTrainedStateTo(fp32Tuner);
+        output.Finish(keepAdapters);
 
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(modelDir, "config.json")))!.AsObject();
         var cmoe = config["cmoe"]!.AsObject();
@@ -107,10 +118,11 @@ internal sealed class FinetuneCommand : ICommand
             ["seed"] = options.Seed,
             ["final_loss"] = report.FinalLoss,
             ["adapters"] = keepAdapters && options.Mode == FineTuneMode.Lora ? "adapters.safetensors (not merged)" : "merged",
+            ["dtype"] = precision.ToString().ToLowerInvariant(),
         };
         provenance["finetune"] = finetune;
         CarvedFolder.Save(model, modelDir, outDir, cmoe["layout"]!.GetValue<string>(), provenance,
-            keepAdapters ? dir => SafeTensorsWriter.Write(Path.Combine(dir, "adapters.safetensors"), tuner.AdapterState(),
+            keepAdapters ? dir => SafeTensorsWriter.Write(Path.Combine(dir, "adapters.safetensors"), output.AdapterState(),
                 new Dictionary<string, string> { ["lora_rank"] = options.LoraRank.ToString(CultureInfo.InvariantCulture), ["lora_alpha"] = options.LoraAlpha.ToString(CultureInfo.InvariantCulture) }) : null);
 
         if (json)
@@ -132,4 +144,13 @@ internal sealed class FinetuneCommand : ICommand
             Console.WriteLine($"fine-tuned {report.Steps} steps ({options.Mode}) in {report.Seconds:F1} s, {report.TokensPerSecond:F0} tok/s, loss {report.FirstLoss:F3} -> {report.FinalLoss:F3}, {tuner.TrainableParameters:N0} trainable -> {outDir}");
         return 0;
     }
+}
+
+/// <summary>What the base weights are held in while fine-tuning (<c>--dtype</c>).</summary>
+internal enum TrainingPrecision
+{
+    /// <summary>fp32 everywhere (default).</summary>
+    Fp32,
+    /// <summary>Frozen base weights in bf16; adapters, u, b and the loss in fp32; merged into fp32 weights.</summary>
+    Bf16,
 }

@@ -175,6 +175,24 @@ public sealed class MoEFineTuner : IDisposable
         FineTuneCheckpoint.CopyInto(path, _lora.StateDict());
     }
 
+    /// <summary>
+    /// Copies everything this tuner trained (adapters or weights, u, b) into <paramref name="target"/>, a tuner with the same
+    /// options on another copy of the model, converting dtype and device: e.g. adapters trained against bf16 base weights
+    /// merged into the fp32 weights (see <c>cmoe finetune --dtype bf16</c>).
+    /// </summary>
+    public void CopyTrainedStateTo(MoEFineTuner target)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var into = target.TrainedState().ToDictionary(kv => kv.Key, kv => kv.Value);
+        foreach (var (key, value) in TrainedState())
+        {
+            if (!into.TryGetValue(key, out var destination) || !destination.shape.SequenceEqual(value.shape))
+                throw new ArgumentException($"The target tuner has no trained tensor '{key}' of shape [{string.Join(", ", value.shape)}]; both tuners need the same model shape and options.");
+            destination.copy_(value.to(destination.dtype, destination.device));
+        }
+    }
+
     /// <summary>Writes a resumable checkpoint folder (see <see cref="FineTuneCheckpoint"/>).</summary>
     public void SaveCheckpoint(string folder) => FineTuneCheckpoint.Save(folder, _options, CompletedSteps, TrainedState());
 

@@ -32,5 +32,17 @@ public class FinetuneCliTests
 
         var eval = CliRunner.Run("eval", "--model", dir["tuned"], "--text", dir["text.txt"], "--seq-len", "32", "--max-windows", "2", "--threads", "1", "--json");
         eval.ExitCode.Should().Be(0, eval.StdErr);
+
+        // bf16 base weights: trains, and the output is merged into fp32 weights (same size as the fp32 run's).
+        var bf16 = CliRunner.Run("finetune", "--model", dir["carved"], "--data", dir["text.txt"], "--samples", "4", "--seq-len", "32",
+            "--lr", "1e-3", "--threads", "1", "--dtype", "bf16", "--out", dir["tuned-bf16"], "--json");
+        bf16.ExitCode.Should().Be(0, bf16.StdErr);
+        JsonNode.Parse(bf16.StdOut)!["options"]!["dtype"]!.GetValue<string>().Should().Be("bf16");
+        new FileInfo(Path.Combine(dir["tuned-bf16"], "model.safetensors")).Length.Should().Be(new FileInfo(Path.Combine(dir["tuned"], "model.safetensors")).Length);
+
+        var full = CliRunner.Run("finetune", "--model", dir["carved"], "--data", dir["text.txt"], "--mode", "full", "--dtype", "bf16", "--out", dir["x"]);
+        full.ExitCode.Should().NotBe(0);
+        full.StdErr.Should().Contain("--dtype fp32");
+        Directory.Exists(dir["x"]).Should().BeFalse();
     }
 }

@@ -38,7 +38,7 @@ public sealed class CarvedTinyrefFixture : IDisposable
     private readonly Lazy<string> _carved;
 
     /// <summary>A fresh copy of the carved model.</summary>
-    public LlamaForCausalLM Load() => ModelFolder.Load(_carved.Value);
+    public LlamaForCausalLM Load(ScalarType dtype = ScalarType.Float32) => ModelFolder.Load(_carved.Value, dtype);
 
     /// <summary><paramref name="samples"/> random windows of <paramref name="seqLen"/> tokens [samples, seqLen].</summary>
     public Tensor Windows(int samples, int seqLen, int seed) => tensor(CalibrationSampler.Sample(_stream.Value, samples, seqLen, seed));

@@ -54,6 +54,30 @@ public class MoEFineTunerTests(CarvedTinyrefFixture tinyref) : IClassFixture<Car
     }
 
     [SharedFact]
+    public void Bf16BaseWeightsTrainAndMergeIntoTheFp32Model()
+    {
+        TorchTestSetup.Pin();
+        using var half = tinyref.Load(ScalarType.BFloat16);
+        using var full = tinyref.Load();
+        using var train = tinyref.Windows(16, 96, seed: 6);
+        using var held = tinyref.Windows(4, 96, seed: 7);
+        double before = EvalLoss(full, held);
+        var options = new FineTuneOptions { LearningRate = 2e-3, LoraDropout = 0, Seed = 8 };
+        using var tuner = new MoEFineTuner(half, options);
+        tuner.Train(train);
+        tuner.Finish(keepAdapters: true);                       // fp32 adapters over bf16 weights
+        using var fullTuner = new MoEFineTuner(full, options);
+        tuner.CopyTrainedStateTo(fullTuner);
+        fullTuner.Finish();                                     // merged into the fp32 weights
+
+        full.Model.Layers[0].Attention.Projections[0].Weight.dtype.Should().Be(ScalarType.Float32);
+        double after = EvalLoss(full, held);
+        after.Should().BeLessThan(before - 0.05, "adapters trained against bf16 weights must lower the fp32 model's loss");
+        EvalLoss(half, held).Should().BeApproximately(after, 0.02, "the fp32 merge computes what the bf16 model with adapters computes, up to bf16 rounding");
+        ((MoeBlock)full.Model.Layers[0].Mlp).Router.Bias.abs().max().item<float>().Should().BeGreaterThan(0, "b is carried over");
+    }
+
+    [SharedFact]
     public void MergedLoraGivesTheSameLogitsAsTheAdapters()
     {
         TorchTestSetup.Pin();
