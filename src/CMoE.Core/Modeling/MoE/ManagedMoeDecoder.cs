@@ -13,8 +13,8 @@ namespace CMoE.Modeling.MoE;
 /// </summary>
 /// <remarks>
 /// The pointers stay valid while the block holds the same tensors (<see cref="Sources"/>; a move to another device or
-/// dtype replaces them). In-place updates (loading, LoRA merge,
-/// balancing-bias updates) keep the storage and are seen at once. Immutable, so scoring threads can share it.
+/// dtype replaces them). In-place updates (loading, LoRA merge, balancing-bias updates) keep the storage and are seen
+/// at once. Immutable, so scoring threads can share it.
 /// </remarks>
 internal sealed unsafe class ManagedMoeDecoder
 {

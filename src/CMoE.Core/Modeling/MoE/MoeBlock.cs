@@ -102,11 +102,11 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
     public int FastPathMaxTokens { get; set; } = 4;
 
     /// <summary>
-    /// x [..., d] -> [..., d]: shared expert plus gated selected experts. Two equivalent paths:
-    /// grouped (tokens sorted per expert, one <see cref="StackedExperts.Expert"/> product per active expert,
-    /// differentiable; always used in training mode) and, for inference on at most
-    /// <see cref="FastPathMaxTokens"/> tokens, a decode fast path (host-side top-a, then each selected
-    /// expert's contiguous weight block applied in place).
+    /// x [..., d] -> [..., d]: shared expert plus gated selected experts. Equivalent paths: grouped (tokens sorted
+    /// per expert, one <see cref="StackedExperts.Expert"/> product per active expert, differentiable; always used in
+    /// training mode) and, for inference on at most <see cref="FastPathMaxTokens"/> tokens, the managed decode kernel
+    /// (CPU fp32, <see cref="TryManagedForward"/>) or else the tensor decode path (host-side top-a, then each selected
+    /// expert's contiguous weight block applied in place, <see cref="FastForward"/>).
     /// </summary>
     public override Tensor forward(Tensor x)
     {
