@@ -49,8 +49,41 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     /// <summary>x [..., in] -> [..., out] (+ the adapter's low-rank term when one is attached).</summary>
     public override Tensor forward(Tensor x)
     {
+        if (TryManagedForward(x) is { } decoded) return decoded;
         if (Adapter is null) return F.linear(x, weight, bias);
         using var scope = NewDisposeScope();
         return (F.linear(x, weight, bias) + Adapter.Delta(x, training)).MoveToOuterDisposeScope();
+    }
+
+    private readonly PerWeights<WeightPointers> _decoder = new();
+
+    private sealed record WeightPointers(nint Weight, nint Bias);
+
+    /// <summary>
+    /// Decode path (eval mode, CPU fp32, at most <see cref="DecodeKernels.MaxTokens"/> rows, no gradient): x W^T (+ b) as a
+    /// managed matrix-vector product into a fresh tensor (e.g. the lm_head of a decode step); null where it does not apply.
+    /// </summary>
+    private unsafe Tensor? TryManagedForward(Tensor x)
+    {
+        if (!RawWeightsUsable || (weight.requires_grad && is_grad_enabled())) return null;
+        long inF = weight.shape[1], outF = weight.shape[0];
+        if (!DecodeKernels.Qualifies(x, inF, DecodeKernels.MaxTokens)) return null;
+        var pointers = _decoder.Get(bias is null ? [weight] : [weight, bias], () =>
+            DecodeKernels.Readable(bias is null ? [weight] : [weight, bias])
+                ? new((nint)DecodeKernels.Pointer(weight), bias is null ? 0 : (nint)DecodeKernels.Pointer(bias))
+                : null);
+        if (pointers is null) return null;
+        long[] shape = x.shape;
+        shape[^1] = outF;
+        var y = empty(shape, dtype: ScalarType.Float32);
+        ReadOnlySpan<float> xs = DecodeKernels.Floats(x);
+        var ys = DecodeKernels.Floats(y);
+        for (int t = 0; t < xs.Length / inF; t++)
+        {
+            var row = ys.Slice(t * (int)outF, (int)outF);
+            DecodeKernels.MatVec((float*)pointers.Weight, (int)outF, (int)inF, xs.Slice(t * (int)inF, (int)inF), row, null);
+            if (pointers.Bias != 0) System.Numerics.Tensors.TensorPrimitives.Add(row, new ReadOnlySpan<float>((float*)pointers.Bias, (int)outF), row);
+        }
+        return y;
     }
 }
