@@ -53,6 +53,7 @@ internal static unsafe class DecodeKernels
     /// <paramref name="scale"/> is null, else y += scale * that. <paramref name="gateUp"/> is W_gate|W_up [2n, d],
     /// <paramref name="down"/> W_down [d, n] (row-major), <paramref name="scratch"/> at least 2n floats.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // hot numeric loop: fully optimised from the first call
     public static void SwiGlu(float* gateUp, float* down, int n, ReadOnlySpan<float> x, Span<float> y, float? scale, Span<float> scratch)
     {
         var h = scratch[..(2 * n)];
@@ -62,6 +63,7 @@ internal static unsafe class DecodeKernels
     }
 
     /// <summary>h[..n] = SiLU(h[..n]) * h[n..2n] (gate half, then up half); the up half is overwritten.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // hot numeric loop: fully optimised from the first call
     public static void SiluProduct(Span<float> h, int n)
     {
         var g = h[..n];
@@ -75,6 +77,7 @@ internal static unsafe class DecodeKernels
     /// y[i] = w[i, :] . x (<paramref name="scale"/> null) or y[i] += scale * (w[i, :] . x), w row-major [rows, cols];
     /// split across threads for large matrices when torch runs with more than one thread.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // hot numeric loop: fully optimised from the first call
     public static void MatVec(float* w, int rows, int cols, ReadOnlySpan<float> x, Span<float> y, float? scale)
     {
         int threads = (long)rows * cols >= ParallelElements ? Math.Min(get_num_threads(), rows) : 1;
@@ -103,6 +106,7 @@ internal static unsafe class DecodeKernels
     /// cache (the normal case in a decode step) per-row library dot products ran ~6x slower than this here, and the
     /// prefetch alone gave ~1.8x (docs/benchmarks.md, "Decode kernels").
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // hot numeric loop: fully optimised from the first call
     private static void Rows(float* w, int start, int end, int cols, ReadOnlySpan<float> x, Span<float> y, float? scale)
     {
         fixed (float* xp = x)
@@ -180,6 +184,7 @@ internal static unsafe class DecodeKernels
     /// Rotary embedding of one head in place, Hugging Face "rotate_half" layout: v = v cos + rotate_half(v) sin, where
     /// rotate_half(v) = (-v[half..], v[..half]).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // hot numeric loop: fully optimised from the first call
     public static void Rotate(Span<float> v, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin)
     {
         int half = v.Length / 2;
@@ -197,6 +202,7 @@ internal static unsafe class DecodeKernels
     /// over V serve every head of the group. <paramref name="q"/> and <paramref name="output"/> hold the heads side by
     /// side ([heads * head_dim]); <paramref name="scores"/> needs heads * positions floats.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // hot numeric loop: fully optimised from the first call
     public static void AttendGroup(ReadOnlySpan<float> q, int heads, float* keys, float* values, int positions, Span<float> output, Span<float> scores)
     {
         int hd = q.Length / heads;

@@ -11,7 +11,10 @@ namespace CMoE.Sweeps;
 /// </summary>
 public static class DecodeSpeed
 {
-    /// <summary>Median decode tokens/s over <paramref name="runs"/> timed runs, after one untimed warm-up run.</summary>
+    /// <summary>
+    /// Median decode tokens/s over <paramref name="runs"/> timed runs, after two untimed full-length warm-up runs (the
+    /// first model measured in a process otherwise pays for the JIT's tiering of the code its steps call).
+    /// </summary>
     /// <param name="model">The model (dense or carved).</param>
     /// <param name="prompt">Prompt token ids (at least one).</param>
     /// <param name="newTokens">Tokens generated per run (at least one).</param>
@@ -20,7 +23,7 @@ public static class DecodeSpeed
     {
         if (prompt.Count == 0) throw new ArgumentException("The decode benchmark needs a prompt of at least one token.");
         if (newTokens < 1 || runs < 1) throw new ArgumentException("The decode benchmark needs newTokens >= 1 and runs >= 1.");
-        Decode(model, prompt, Math.Min(newTokens, 4));
+        for (int i = 0; i < 2; i++) Decode(model, prompt, newTokens);
         var rates = Enumerable.Range(0, runs).Select(_ => newTokens / Decode(model, prompt, newTokens)).OrderBy(r => r).ToArray();
         return runs % 2 == 1 ? rates[runs / 2] : (rates[runs / 2 - 1] + rates[runs / 2]) / 2;
     }

@@ -82,6 +82,7 @@ internal sealed unsafe class ManagedMoeDecoder
     /// y = E_shared(x) + sum over the top-<paramref name="active"/> experts of g_j E_j(x) for each of the rows of
     /// <paramref name="x"/> [n * d] into <paramref name="y"/> [n * d].
     /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public void Forward(ReadOnlySpan<float> x, Span<float> y, int active)
     {
         int d = _d, e = _e, m = _m, s = _s;
