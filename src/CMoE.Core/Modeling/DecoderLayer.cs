@@ -44,7 +44,7 @@ public sealed class DecoderLayer : nn.Module
     public Tensor AttentionResidual(Tensor x, Tensor cos, Tensor sin, KvCache? cache, int layer)
     {
         using var scope = NewDisposeScope();
-        var h = x + self_attn.Forward(input_layernorm.forward(x), cos, sin, cache, layer);
+        var h = x.add(self_attn.Forward(input_layernorm.forward(x), cos, sin, cache, layer), Scalars.One);
         return h.MoveToOuterDisposeScope();
     }
 
@@ -56,6 +56,6 @@ public sealed class DecoderLayer : nn.Module
     {
         using var scope = NewDisposeScope();
         var h = AttentionResidual(x, cos, sin, cache, layer);                        // [b, t, d]
-        return (h + mlp.forward(FfnInput(h))).MoveToOuterDisposeScope();
+        return h.add(mlp.forward(FfnInput(h)), Scalars.One).MoveToOuterDisposeScope();
     }
 }

@@ -52,7 +52,7 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
         if (TryManagedForward(x) is { } decoded) return decoded;
         if (Adapter is null) return F.linear(x, weight, bias);
         using var scope = NewDisposeScope();
-        return (F.linear(x, weight, bias) + Adapter.Delta(x, training)).MoveToOuterDisposeScope();
+        return F.linear(x, weight, bias).add(Adapter.Delta(x, training), Scalars.One).MoveToOuterDisposeScope();
     }
 
     private readonly PerWeights<WeightPointers> _decoder = new();

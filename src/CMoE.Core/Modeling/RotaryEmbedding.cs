@@ -56,7 +56,7 @@ public sealed class RotaryEmbedding : IDisposable
         using var scope = NewDisposeScope();
         long half = x.shape[^1] / 2;
         var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);     // rotate_half(x)
-        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+        return (x * cos).add_(rotated * sin, Scalars.One).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -70,7 +70,7 @@ public sealed class RotaryEmbedding : IDisposable
         long half = x.shape[^1] / 2;
         var signedSin = (sin * sign).unsqueeze(1);                                          // [seq, 1, head_dim]
         var y = x * cos.unsqueeze(1);                                                       // [b, seq, heads, head_dim]
-        return y.addcmul_(x.roll(half, -1), signedSin, 1).MoveToOuterDisposeScope();
+        return y.addcmul_(x.roll(half, -1), signedSin, Scalars.One).MoveToOuterDisposeScope();
     }
 
     /// <summary>Llama 3.1's frequency schedule (smooth interpolation between low and high frequencies).</summary>

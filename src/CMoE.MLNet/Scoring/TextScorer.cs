@@ -125,9 +125,9 @@ internal sealed class TextScorer(LanguageModelHandle handle, ScoringSettings set
         {
             var mask = positions.ge(poolFrom).logical_and(positions.lt(len)).unsqueeze(-1);   // [b, t, 1]
             var count = mask.sum(1).to(ScalarType.Float32);                                   // [b, 1]
-            var mean = (hidden * mask.to(ScalarType.Float32)).sum(1) / count.clamp_min(1);    // [b, d]
+            var mean = (hidden * mask.to(ScalarType.Float32)).sum(1) / count.clamp_min(Scalars.One);    // [b, d]
             var pooled = settings.Pooling == EmbeddingPooling.MeanMax
-                ? cat([mean, hidden.masked_fill(mask.logical_not(), float.NegativeInfinity).amax(1)], 1) // [b, 2d]
+                ? cat([mean, hidden.masked_fill(mask.logical_not(), Scalars.NegativeInfinity).amax(1)], 1) // [b, 2d]
                 : mean;
             var counts = count.squeeze(1).data<float>().ToArray();
             var flat = pooled.contiguous().data<float>().ToArray();

@@ -210,6 +210,6 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
             offset += counts[j];
         }
         var routed = (outputs.Count == 1 ? outputs[0] : cat(outputs, 0)) * gs;         // [n*a, d]
-        return y.index_add(0, tokenIndex, routed, 1).MoveToOuterDisposeScope();
+        return y.index_add(0, tokenIndex, routed, Scalars.One).MoveToOuterDisposeScope();
     }
 }

@@ -74,8 +74,8 @@ public sealed class TrainingFreeRouter : nn.Module
         var p = Probabilities(x);                                                 // [n, E]
         Tensor selected;
         using (no_grad())
-            selected = (p + bias.to(p.device)).topk(active, dim: -1).indexes;       // [n, a]
-        var gates = 1 + p.gather(-1, selected) * scale.index_select(0, selected.flatten()).view_as(selected); // [n, a]
+            selected = p.add(bias.to(p.device), Scalars.One).topk(active, dim: -1).indexes;       // [n, a]
+        var gates = (p.gather(-1, selected) * scale.index_select(0, selected.flatten()).view_as(selected)).add(Scalars.One, Scalars.One); // [n, a]: 1 + p u
         return (selected.MoveToOuterDisposeScope(), gates.MoveToOuterDisposeScope(), p.MoveToOuterDisposeScope());
     }
 
