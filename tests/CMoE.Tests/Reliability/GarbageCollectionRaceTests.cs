@@ -14,6 +14,7 @@ namespace CMoE.Tests.Reliability;
 /// (4 in 160,000 implicit-scalar additions under this kind of GC pressure in a throw-away harness, 0 with
 /// <c>Scalars.One</c>), so this stress test catches a regression only sometimes.
 /// </summary>
+[Collection(GarbageCollectionStress.Name)]
 public class GarbageCollectionRaceTests
 {
     [Fact]
@@ -64,4 +65,15 @@ public class GarbageCollectionRaceTests
         collector.Join();
         errors.Should().BeEmpty();
     }
+}
+
+/// <summary>
+/// Runs alone, after the parallel test collections: its forced collections would otherwise expose the other tests'
+/// (single-threaded) carving and training code, which still passes plain numbers to TorchSharp, to the same race.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class GarbageCollectionStress
+{
+    /// <summary>The collection's name.</summary>
+    public const string Name = "garbage-collection stress (runs alone)";
 }
