@@ -58,7 +58,9 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
     /// </summary>
     internal unsafe Tensor? TryManagedForward(Tensor x)
     {
-        if (FusedGateUp is not { } gateUp || !DecodeKernels.Qualifies(x, gateUp.shape[1], DecodeKernels.MaxTokens)) return null;
+        if (FusedGateUp is not { } gateUp) return null;
+        int d = (int)gateUp.shape[1], n = (int)_intermediate;
+        if (!DecodeKernels.Qualifies(x, d, DecodeKernels.MaxTokens)) return null;
         var decoder = _decoder.Get([gate_proj.Weight, up_proj.Weight, down_proj.Weight], () =>
             down_proj.Bias is null && DecodeKernels.Readable(gateUp, down_proj.Weight)
                 ? new((nint)DecodeKernels.Pointer(gateUp), (nint)DecodeKernels.Pointer(down_proj.Weight))
@@ -67,12 +69,17 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
         var y = empty(x.shape, dtype: ScalarType.Float32);
         ReadOnlySpan<float> xs = DecodeKernels.Floats(x);
         var ys = DecodeKernels.Floats(y);
-        int d = (int)gateUp.shape[1], n = (int)_intermediate;
         float[]? rented = 2 * n > DecodeKernels.StackFloats ? System.Buffers.ArrayPool<float>.Shared.Rent(2 * n) : null;
         Span<float> scratch = rented ?? stackalloc float[2 * n];
-        for (int t = 0; t < xs.Length / d; t++)
-            DecodeKernels.SwiGlu((float*)decoder.GateUp, (float*)decoder.Down, n, xs.Slice(t * d, d), ys.Slice(t * d, d), null, scratch);
-        if (rented is not null) System.Buffers.ArrayPool<float>.Shared.Return(rented);
+        try
+        {
+            for (int t = 0; t < xs.Length / d; t++)
+                DecodeKernels.SwiGlu((float*)decoder.GateUp, (float*)decoder.Down, n, xs.Slice(t * d, d), ys.Slice(t * d, d), null, scratch);
+        }
+        finally
+        {
+            if (rented is not null) System.Buffers.ArrayPool<float>.Shared.Return(rented);
+        }
         return y;
     }
 

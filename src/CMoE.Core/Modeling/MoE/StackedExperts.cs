@@ -119,8 +119,8 @@ public sealed class StackedExperts : nn.Module
         var current = (gate_proj.Handle, up_proj.Handle, down_proj.Handle);
         if (_downTViews is not null && _viewsOf == current) return;
         DisposeViews();
-        if ((current.Item1, current.Item2) == _blockOf)
-            _gateUpViews = Views(_gateUpBlock[0], transpose: false);   // [2m, d] each
+        if (FusedGateUp is { } block)
+            _gateUpViews = Views(block, transpose: false);             // [2m, d] each
         else
         {
             _gateViews = Views(gate_proj, transpose: false);         // [m, d] each
