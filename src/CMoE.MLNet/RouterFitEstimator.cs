@@ -1,3 +1,4 @@
+using CMoE.Modeling;
 using CMoE.MLNet.Persistence;
 using CMoE.MLNet.Scoring;
 using CMoE.Modeling.MoE;
@@ -89,8 +90,9 @@ public sealed class RouterFitEstimator : LanguageModelEstimatorBase<RouterFitTra
                 for (int l = 0; l < blocks.Count; l++)
                 {
                     using var c = tensor(counts[l]);                                         // [E] tokens per expert
-                    using var direction = (c - c.mean()).sign().to(ScalarType.Float32);       // +1 overloaded, -1 underloaded
-                    blocks[l].Router.Bias.sub_(direction * step);                            // b_j -= gamma sign(c_j - mean c)
+                    using var direction = c.sub(c.mean()).sign().to(ScalarType.Float32);     // +1 overloaded, -1 underloaded
+                    using var scaled = direction.mul(Scalars.Of((double)step));                // step is fixed for the fit
+                    blocks[l].Router.Bias.sub_(scaled);                                      // b_j -= gamma sign(c_j - mean c)
                 }
                 counts = Route(handle, blocks, ids, batch, options);
                 double now = Imbalance(counts);

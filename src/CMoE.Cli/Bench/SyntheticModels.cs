@@ -45,7 +45,7 @@ internal static class SyntheticModels
         using var gen = new TorchSharp.torch.Generator((ulong)seed);
         foreach (var (name, p) in model.state_dict())
         {
-            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(1);
+            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(Scalars.One);
             else p.normal_(0, 0.02, gen);
         }
         return model;

@@ -43,7 +43,7 @@ public static class ActivationProfiler
                     var f = layer.FfnInput(h);                                              // [b, t, d]
                     var markers = ActivationMarkers.Markers(f.reshape(-1, config.HiddenSize), dense.Gate.Weight, dense.Up.Weight, kAct, score);
                     perLayer[l].Add(markers.to(ScalarType.Byte).DetachFromDisposeScope());  // [b*t, dh]
-                    x = h + dense.forward(f);
+                    x = h.add(dense.forward(f), Scalars.One);
                 }
                 progress?.Report(((int)Math.Min(start + batch, ids.shape[0]), (int)ids.shape[0]));
             }

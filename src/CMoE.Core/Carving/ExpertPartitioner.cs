@@ -1,4 +1,5 @@
 using TorchSharp;
+using CMoE.Modeling;
 using static TorchSharp.torch;
 
 namespace CMoE.Carving;
@@ -108,12 +109,12 @@ public static class ExpertPartitioner
         {
             using var chunkScope = NewDisposeScope();
             var chunk = MarkerRows(markers, start, Math.Min(ChunkRows, q - start));           // [rows, d_h]
-            if (chunk.ne(0).logical_and(chunk.ne(1)).any().item<bool>())
+            if (chunk.ne(Scalars.Of(0L)).logical_and(chunk.ne(Scalars.Of(1L))).any().item<bool>())
             {
                 throw new ArgumentException(
                     "Markers must hold only 0 and 1; compute them with ActivationMarkers.Markers.", nameof(markers));
             }
-            counts.add_(chunk.sum(new long[] { 0 }).to_type(ScalarType.Float64));              // per-chunk sums <= rows: exact
+            counts.add_(chunk.sum(new long[] { 0 }).to_type(ScalarType.Float64), Scalars.One);              // per-chunk sums <= rows: exact
         }
         return counts.cpu().data<double>().ToArray();
     }
@@ -136,11 +137,11 @@ public static class ExpertPartitioner
             using var chunkScope = NewDisposeScope();
             long rows = Math.Min(rowsPerChunk, q - start);
             var columns = MarkerRows(markers, start, rows);                                    // [rows, d_h]
-            var coefficients = centroidSums.narrow(0, start, rows).mul(-2).add_(weight);       // [rows, k], in [-w, w]
-            cost.add_(matmul(columns.t(), coefficients).to_type(ScalarType.Float64));          // [d_h, k]
+            var coefficients = centroidSums.narrow(0, start, rows).mul(Scalars.Of(-2L)).add_(Scalars.Of((long)weight), Scalars.One);       // [rows, k], in [-w, w]
+            cost.add_(matmul(columns.t(), coefficients).to_type(ScalarType.Float64), Scalars.One);          // [d_h, k]
         }
         var routedCost = cost.index_select(0, remainingIndex);                                 // [n, k]
-        routedCost.add_(centroidSums.to_type(ScalarType.Float64).sum(new long[] { 0 }));       // + sum_t S_jt, over n
+        routedCost.add_(centroidSums.to_type(ScalarType.Float64).sum(new long[] { 0 }), Scalars.One);       // + sum_t S_jt, over n
         return routedCost.cpu().contiguous().data<double>().ToArray();
     }
 

@@ -115,7 +115,7 @@ public static class MoeCarver
         using (markers) (moe, partition) = CarveLayer(layer, dense, markers, options.Layout, options.Iterations);
         double partitionSeconds = Stopwatch.GetElapsedTime(t1).TotalSeconds;
 
-        var next = mids.Zip(ffnInputs, (h, f) => h + moe.forward(f)).ToList();                   // y = h + MoE(RMSNorm(h))
+        var next = mids.Zip(ffnInputs, (h, f) => h.add(moe.forward(f), Scalars.One)).ToList();                   // y = h + MoE(RMSNorm(h))
         DisposeAll(hidden);
         DisposeAll(mids);
         DisposeAll(ffnInputs);

@@ -172,7 +172,7 @@ public sealed class LlamaAttention : nn.Module
                 _ropeSign?.Dispose();
                 long half = _headDim / 2;
                 using var scope = NewDisposeScope();
-                _ropeSign = cat([full(half, -1.0, dtype: x.dtype, device: x.device), ones(half, dtype: x.dtype, device: x.device)]).DetachFromDisposeScope();
+                _ropeSign = cat([full(half, Scalars.Of(-1.0), dtype: x.dtype, device: x.device), ones(half, dtype: x.dtype, device: x.device)]).DetachFromDisposeScope();
             }
             return _ropeSign;
         }

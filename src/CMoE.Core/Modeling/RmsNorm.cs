@@ -10,13 +10,13 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
     private readonly Parameter weight;
     private readonly double _eps;
-    private readonly Scalar _epsScalar;   // held for the module's life (see Scalars)
+    private readonly Scalar _epsScalar;   // long-lived (see Scalars)
 
     /// <summary>Creates the norm with an uninitialised weight of width <paramref name="size"/>.</summary>
     public RmsNorm(long size, double eps, ScalarType dtype = ScalarType.Float32) : base(nameof(RmsNorm))
     {
         _eps = eps;
-        _epsScalar = eps;
+        _epsScalar = Scalars.Of(eps);
         weight = new Parameter(ones(size, dtype: dtype), requires_grad: false);
         RegisterComponents();
     }
@@ -29,12 +29,12 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
         if (x.dtype == ScalarType.Float32 && weight.dtype == ScalarType.Float32)
         {
             // fp32: no casts; the normalisation's intermediates are updated in place (same values).
-            var r = x.square().mean([-1], keepdim: true).add_(_epsScalar, Scalars.One).rsqrt_();             // [..., 1]
+            var r = x.pow(Scalars.Of(2.0)).mean([-1], keepdim: true).add_(_epsScalar, Scalars.One).rsqrt_();             // [..., 1]
             var y = x * r;                                                              // [..., d]
             return (weight.requires_grad && is_grad_enabled() ? weight * y : y.mul_(weight)).MoveToOuterDisposeScope();
         }
         var x32 = x.to(ScalarType.Float32);                                       // [..., d]
-        var variance = x32.pow(2).mean([-1], keepdim: true);                       // [..., 1]
+        var variance = x32.pow(Scalars.Of(2.0)).mean([-1], keepdim: true);                       // [..., 1]
         var normed = (x32 * rsqrt(variance.add(_epsScalar, Scalars.One))).to(x.dtype);                    // [..., d]
         return (weight * normed).MoveToOuterDisposeScope();
     }
@@ -60,12 +60,5 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
             TensorPrimitives.Multiply(output, w, output);
         }
         return y;
-    }
-
-    /// <summary>Frees the eps scalar with the weight.</summary>
-    protected override void Dispose(bool disposing)
-    {
-        if (disposing) _epsScalar.Dispose();
-        base.Dispose(disposing);
     }
 }

@@ -16,11 +16,12 @@ public sealed class RotaryEmbedding : IDisposable
     public RotaryEmbedding(LlamaConfig config)
     {
         int dim = config.HeadDim;
-        var exponents = arange(0, dim, 2, dtype: ScalarType.Int64).to(ScalarType.Float32) / dim;
-        var invFreq = 1.0f / pow(config.RopeTheta, exponents);
+        using var scope = NewDisposeScope();
+        var exponents = arange(Scalars.Of(0L), Scalars.Of((long)dim), Scalars.Of(2L), dtype: ScalarType.Int64).to(ScalarType.Float32).div(Scalars.Of((long)dim)); // 2i / dim
+        var invFreq = pow(tensor(config.RopeTheta), exponents).reciprocal();                                        // theta^(-2i/dim)
         _invFreq = (config.RopeType switch
         {
-            "linear" => invFreq / config.RopeFactor,
+            "linear" => invFreq.div(Scalars.Of(config.RopeFactor)),
             "llama3" => Llama3Frequencies(invFreq, config),
             _ => invFreq,
         }).DetachFromDisposeScope();
@@ -37,7 +38,7 @@ public sealed class RotaryEmbedding : IDisposable
                 long size = Math.Max(needed, _cos is null ? 1024 : 2 * _cos.shape[0]);
                 _cos?.Dispose();
                 _sin?.Dispose();
-                using var positions = arange(size, dtype: ScalarType.Float32);
+                using var positions = arange(Scalars.Of(0L), Scalars.Of(size), Scalars.Of(1L), dtype: ScalarType.Float32);
                 using var freqs = outer(positions, _invFreq);                        // [size, head_dim/2]
                 using var emb = cat([freqs, freqs], -1);                              // [size, head_dim]
                 // The tables outlive any caller's dispose scope.
@@ -78,11 +79,12 @@ public sealed class RotaryEmbedding : IDisposable
     {
         double lowWavelen = c.RopeOriginalMaxPositions / c.RopeLowFreqFactor;
         double highWavelen = c.RopeOriginalMaxPositions / c.RopeHighFreqFactor;
-        var wavelen = 2 * Math.PI / invFreq;
-        var scaled = where(wavelen > lowWavelen, invFreq / c.RopeFactor, invFreq);
-        var smooth = (c.RopeOriginalMaxPositions / wavelen - c.RopeLowFreqFactor) / (c.RopeHighFreqFactor - c.RopeLowFreqFactor);
-        var smoothed = (1 - smooth) * scaled / c.RopeFactor + smooth * scaled;
-        var medium = (wavelen >= highWavelen).logical_and(wavelen <= lowWavelen);
+        var wavelen = invFreq.reciprocal().mul(Scalars.Of(2 * Math.PI));                                     // 2 pi / f
+        var scaled = where(wavelen.gt(Scalars.Of(lowWavelen)), invFreq.div(Scalars.Of(c.RopeFactor)), invFreq);
+        var smooth = wavelen.reciprocal().mul(Scalars.Of((double)c.RopeOriginalMaxPositions))                  // (L / wavelen - low) / (high - low)
+            .sub(Scalars.Of(c.RopeLowFreqFactor)).div(Scalars.Of(c.RopeHighFreqFactor - c.RopeLowFreqFactor));
+        var smoothed = smooth.neg().add(Scalars.One, Scalars.One).mul(scaled).div(Scalars.Of(c.RopeFactor)).add(smooth.mul(scaled), Scalars.One); // (1 - s) f / k + s f
+        var medium = wavelen.ge(Scalars.Of(highWavelen)).logical_and(wavelen.le(Scalars.Of(lowWavelen)));
         return where(medium, smoothed, scaled);
     }
 

@@ -29,6 +29,7 @@ internal sealed class ProjectionLora : IProjectionAdapter, IDisposable
     public Parameter A { get; }
     public Parameter B { get; }
     public double Scaling { get; }
+    private Scalar _scaling => Scalars.Of(Scaling);   // long-lived (one value per run)
     public double Dropout { get; }
 
     public Tensor Delta(Tensor x, bool training)
@@ -36,7 +37,7 @@ internal sealed class ProjectionLora : IProjectionAdapter, IDisposable
         using var scope = NewDisposeScope();
         var xin = x.to(A.dtype);
         if (training && Dropout > 0) xin = F.dropout(xin, Dropout, true);
-        var y = F.linear(F.linear(xin, A), B) * Scaling;                 // [..., r] -> [..., out]
+        var y = F.linear(F.linear(xin, A), B).mul(_scaling);              // [..., r] -> [..., out]
         return y.to(x.dtype).MoveToOuterDisposeScope();
     }
 
@@ -45,7 +46,7 @@ internal sealed class ProjectionLora : IProjectionAdapter, IDisposable
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        Target.Weight.add_((B.matmul(A) * Scaling).to(Target.Weight.dtype));   // [out, in]
+        Target.Weight.add_(B.matmul(A).mul(_scaling).to(Target.Weight.dtype), Scalars.One);   // [out, in]
     }
 
     public void Dispose()
@@ -82,6 +83,7 @@ internal sealed class ExpertLora : IExpertAdapter, IDisposable
 
     public StackedExperts Target { get; }
     public double Scaling { get; }
+    private Scalar _scaling => Scalars.Of(Scaling);   // long-lived (one value per run)
     public double Dropout { get; }
 
     /// <summary>(A, B) of one matrix kind.</summary>
@@ -93,7 +95,7 @@ internal sealed class ExpertLora : IExpertAdapter, IDisposable
         var (a, b) = Pair(matrix);
         var xin = x.to(a.dtype);
         if (training && Dropout > 0) xin = F.dropout(xin, Dropout, true);
-        var y = F.linear(F.linear(xin, a[expert]), b[expert]) * Scaling;   // [n, r] -> [n, out]
+        var y = F.linear(F.linear(xin, a[expert]), b[expert]).mul(_scaling); // [n, r] -> [n, out]
         return y.to(x.dtype).MoveToOuterDisposeScope();
     }
 
@@ -104,7 +106,7 @@ internal sealed class ExpertLora : IExpertAdapter, IDisposable
         using var noGrad = no_grad();
         Parameter[] weights = [Target.Gate, Target.Up, Target.Down];
         for (int k = 0; k < 3; k++)
-            weights[k].add_((_b[k].bmm(_a[k]) * Scaling).to(weights[k].dtype));   // [E, out, in]
+            weights[k].add_(_b[k].bmm(_a[k]).mul(_scaling).to(weights[k].dtype), Scalars.One);   // [E, out, in]
     }
 
     public void Dispose()

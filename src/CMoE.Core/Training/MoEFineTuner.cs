@@ -79,7 +79,7 @@ public sealed class MoEFineTuner : IDisposable
         if (_options.MaxSteps > 0) steps = Math.Min(steps, _options.MaxSteps);
         var order = Order(n, _options.Seed);
         using var optimizer = CreateOptimizer();
-        var groups = optimizer.ParamGroups.ToList();
+        var groups = optimizer.Groups;
         double[] peaks = [_options.LearningRate, _options.RouterLearningRate];
         var losses = new List<double>();
         double scaleGradNorm = 0;
@@ -105,12 +105,12 @@ public sealed class MoEFineTuner : IDisposable
                 var index = tensor(order.Skip(step * batch).Take((int)rows).ToArray());
                 var ids = windows.index_select(0, index).to(ScalarType.Int64, _model.Device);  // [b, t]
                 var loss = CausalLmLoss(_model, ids);
-                optimizer.zero_grad();
+                optimizer.ZeroGrad();
                 loss.backward();
                 if (step == startStep && _options.TrainRouterScale && _blocks.Count > 0) scaleGradNorm = GradNorm(RouterScales);
                 if (_options.MaxGradNorm > 0)
                     nn.utils.clip_grad_norm_(MainParameters().Concat(ScaleParameters()), _options.MaxGradNorm);
-                optimizer.step();
+                optimizer.Step();
                 if (_options.BiasSpeed > 0) UpdateBalancingBias(_blocks, _options.BiasSpeed);
                 losses.Add(loss.item<float>());
                 tokens += rows * t;
@@ -125,7 +125,7 @@ public sealed class MoEFineTuner : IDisposable
         finally
         {
             foreach (var b in _blocks) b.RecordLoad = false;
-            optimizer.zero_grad();
+            optimizer.ZeroGrad();
             _model.eval();                                                                   // the decode fast paths need !training
         }
         double seconds = clock.Elapsed.TotalSeconds;
@@ -219,22 +219,15 @@ public sealed class MoEFineTuner : IDisposable
         {
             if (block.LastExpertCounts is not { } counts) continue;
             var c = counts.to(ScalarType.Float32, block.Router.Bias.device);                   // [E]
-            block.Router.Bias.sub_((c - c.mean()).sign() * gamma);
+            block.Router.Bias.sub_(c.sub(c.mean()).sign().mul(Scalars.Of(gamma)));             // gamma is fixed for a run
         }
     }
 
-    private optim.Optimizer CreateOptimizer()
+    private AdamOptimizer CreateOptimizer()
     {
         var o = _options;
-        var main = MainParameters().ToList();
-        var scales = ScaleParameters().ToList();
-        if (o.Optimizer == FineTuneOptimizer.AdamW)
-            return optim.AdamW([new AdamW.ParamGroup(main, lr: o.LearningRate, beta1: o.Beta1, beta2: o.Beta2, weight_decay: o.WeightDecay),
-                new AdamW.ParamGroup(scales, lr: o.RouterLearningRate, beta1: o.Beta1, beta2: o.Beta2, weight_decay: 0)],
-                o.LearningRate, o.Beta1, o.Beta2);
-        return optim.Adam([new Adam.ParamGroup(main, lr: o.LearningRate, beta1: o.Beta1, beta2: o.Beta2, weight_decay: o.WeightDecay),
-            new Adam.ParamGroup(scales, lr: o.RouterLearningRate, beta1: o.Beta1, beta2: o.Beta2, weight_decay: 0)],
-            o.LearningRate, o.Beta1, o.Beta2);
+        return new AdamOptimizer([new(MainParameters().ToList(), o.LearningRate, o.WeightDecay), new(ScaleParameters().ToList(), o.RouterLearningRate, 0)],
+            o.Beta1, o.Beta2, decoupled: o.Optimizer == FineTuneOptimizer.AdamW);
     }
 
     /// <summary>Learning-rate factor: linear warm-up, then constant or linear decay to 0 at the last step.</summary>
@@ -257,7 +250,7 @@ public sealed class MoEFineTuner : IDisposable
         using var scope = NewDisposeScope();
         double sum = 0;
         foreach (var p in parameters)
-            if (p.grad is { } g) sum += g.square().sum().item<float>();
+            if (p.grad is { } g) sum += g.mul(g).sum().item<float>();
         return Math.Sqrt(sum);
     }
 

@@ -106,7 +106,7 @@ internal sealed class TextScorer(LanguageModelHandle handle, ScoringSettings set
         var model = handle.Model;
         var idsT = tensor(ids);                                                              // [b, t]
         var hidden = model.Hidden(idsT).to(ScalarType.Float32);                               // [b, t, d]
-        var positions = arange(t, dtype: ScalarType.Int64).unsqueeze(0);                     // [1, t]
+        var positions = arange(Scalars.Of(0L), Scalars.Of((long)t), Scalars.Of(1L), dtype: ScalarType.Int64).unsqueeze(0); // [1, t]
         var len = tensor(lengths).unsqueeze(1);                                               // [b, 1]
 
         if (likelihood && t > 1)
@@ -123,7 +123,8 @@ internal sealed class TextScorer(LanguageModelHandle handle, ScoringSettings set
         }
         if (poolFrom >= 0 && embeddings is not null)
         {
-            var mask = positions.ge(poolFrom).logical_and(positions.lt(len)).unsqueeze(-1);   // [b, t, 1]
+            using var first = Scalars.Owned(poolFrom);
+            var mask = positions.ge(first).logical_and(positions.lt(len)).unsqueeze(-1);      // [b, t, 1]
             var count = mask.sum(1).to(ScalarType.Float32);                                   // [b, 1]
             var mean = (hidden * mask.to(ScalarType.Float32)).sum(1) / count.clamp_min(Scalars.One);    // [b, d]
             var pooled = settings.Pooling == EmbeddingPooling.MeanMax

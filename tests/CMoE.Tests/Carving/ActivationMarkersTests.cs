@@ -1,3 +1,4 @@
+using CMoE.Modeling;
 using CMoE.Carving;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -23,8 +24,8 @@ public class ActivationMarkersTests
 
         markers.shape.Should().Equal(2500, 40);
         markers.dtype.Should().Be(ScalarType.Float32);
-        markers.sum(1).eq(5).all().item<bool>().Should().BeTrue();
-        markers.eq(0).logical_or(markers.eq(1)).all().item<bool>().Should().BeTrue();
+        markers.sum(1).eq(Scalars.Of(5L)).all().item<bool>().Should().BeTrue();
+        markers.eq(Scalars.Of(0L)).logical_or(markers.eq(Scalars.Of(1L))).all().item<bool>().Should().BeTrue();
         ActivationMarkers.Rates(markers).sum().item<float>().Should().BeApproximately(5f, 1e-4f);
     }
 
@@ -105,7 +106,7 @@ public class ActivationMarkersTests
         var w = randn(new long[] { 8, 4 }, generator: gen).to_type(ScalarType.BFloat16);
         var markers = ActivationMarkers.Markers(x, w, w, 3);
         markers.dtype.Should().Be(ScalarType.Float32);
-        markers.sum(1).eq(3).all().item<bool>().Should().BeTrue();
+        markers.sum(1).eq(Scalars.Of(3L)).all().item<bool>().Should().BeTrue();
     }
 
     [Fact]

@@ -1,3 +1,4 @@
+using CMoE.Modeling;
 using CMoE.Carving;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -164,7 +165,7 @@ public class ExpertPartitionerTests
     public void BadInputsFailWithAHint()
     {
         using var scope = NewDisposeScope();
-        var notBinary = full(4, 8, 0.5f);
+        var notBinary = full(4, 8, Scalars.Of(0.5));
         ((Action)(() => ExpertPartitioner.Partition(notBinary, MoeLayout.Parse("S0A1E2"))))
             .Should().Throw<ArgumentException>().Where(e => e.Message.Contains("only 0 and 1"));
         ((Action)(() => ExpertPartitioner.Partition(zeros(4, 8), MoeLayout.Parse("S2A2E16"))))
@@ -193,7 +194,7 @@ public class ExpertPartitionerTests
         using var gen = new torch.Generator((ulong)seed);
         // Correlated scores so that clusters exist: a few latent factors plus noise.
         var factors = randn(new long[] { q, 6 }, generator: gen).matmul(randn(new long[] { 6, dh }, generator: gen))
-            .add_(randn(new long[] { q, dh }, generator: gen).mul_(0.5));
+            .add_(randn(new long[] { q, dh }, generator: gen).mul_(Scalars.Of(0.5)), Scalars.One);
         return ActivationMarkers.Markers(factors, kAct);
     }
 

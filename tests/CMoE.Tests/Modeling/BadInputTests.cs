@@ -152,7 +152,7 @@ public class BadInputTests
     {
         TorchTestSetup.Pin();
         using var dir = new TempDir();
-        using var a = arange(12, dtype: ScalarType.Float32).view(3, 4);
+        using var a = arange(Scalars.Zero, Scalars.Of(12.0), Scalars.One, dtype: ScalarType.Float32).view(3, 4);
         using var b = tensor(new long[] { 7, -1 });
         SafeTensorsWriter.Write(dir["r.safetensors"], [new("a", a), new("b", b)], new Dictionary<string, string> { ["k"] = "v" });
         using var file = SafeTensorsFile.Open(dir["r.safetensors"]);

@@ -12,9 +12,9 @@ public class MoeBlockTests
         torch.manual_seed(seed);
         var dense = new SwiGluMlp(d, dh);
         using var noGrad = no_grad();
-        dense.Gate.Weight.copy_(randn(dh, d) * 0.1);
-        dense.Up.Weight.copy_(randn(dh, d) * 0.1);
-        dense.Down.Weight.copy_(randn(d, dh) * 0.1);
+        dense.Gate.Weight.copy_(randn(dh, d).mul(Scalars.Of(0.1)));
+        dense.Up.Weight.copy_(randn(dh, d).mul(Scalars.Of(0.1)));
+        dense.Down.Weight.copy_(randn(d, dh).mul(Scalars.Of(0.1)));
         return dense;
     }
 
@@ -60,7 +60,7 @@ public class MoeBlockTests
             var xt = x[t].unsqueeze(0);
             var y = moe.SharedExpert!.forward(xt);
             for (int k = 0; k < 2; k++)
-                y = y + gates[t, k].item<float>() * moe.Experts.Expert(sel[t, k].item<long>(), xt);
+                y = y.add(moe.Experts.Expert(sel[t, k].item<long>(), xt), Scalars.Of((double)gates[t, k].item<float>()));
             (actual[t] - y[0]).abs().max().item<float>().Should().BeLessThan(1e-5f);
         }
     }
@@ -105,7 +105,7 @@ public class MoeBlockTests
         {
             moe.Router.Scale.copy_(randn(7));                  // non-trivial gates
             moe.Router.Scale[2] = tensor(0f);                  // and one gate of exactly 1 + 0
-            moe.Router.Bias.copy_(randn(7) * 0.1);             // the bias changes the selection
+            moe.Router.Bias.copy_(randn(7).mul(Scalars.Of(0.1)));             // the bias changes the selection
         }
         moe.eval();
         using var x = randn(1, tokens, 40);
@@ -116,7 +116,7 @@ public class MoeBlockTests
         (managed.view(tokens, 40) - grouped).abs().max().item<float>().Should().BeLessThan(1e-5f);
 
         // In-place weight updates (loading, LoRA merge) are seen at once.
-        using (no_grad()) moe.Experts.Down.mul_(2);
+        using (no_grad()) moe.Experts.Down.mul_(Scalars.Of(2.0));
         using var regrouped = moe.GroupedForward(x.view(tokens, 40), 3);
         using var remanaged = moe.forward(x);
         (remanaged.view(tokens, 40) - regrouped).abs().max().item<float>().Should().BeLessThan(1e-5f);

@@ -37,8 +37,8 @@ internal static class TinyCheckpoint
         var tensors = new List<KeyValuePair<string, Tensor>>();
         foreach (var (name, p) in model.state_dict())
         {
-            var value = randn(p.shape, generator: generator) * 0.2;
-            if (name.EndsWith("norm.weight")) value = 1 + value;
+            var value = randn(p.shape, generator: generator).mul(Scalars.Of(0.2));
+            if (name.EndsWith("norm.weight")) value = value.add(Scalars.One, Scalars.One);
             value = value.to(fileDType);
             if (edit is not null) value = edit(name, value) ?? value;
             tensors.Add(new(name, value));

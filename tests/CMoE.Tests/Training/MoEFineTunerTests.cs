@@ -86,7 +86,7 @@ public class MoEFineTunerTests(CarvedTinyrefFixture tinyref) : IClassFixture<Car
         using var tuner = new MoEFineTuner(model, new FineTuneOptions { Seed = 5 });
         using (no_grad())
             foreach (var (name, t) in tuner.AdapterState().Where(kv => kv.Key.EndsWith("lora_B", StringComparison.Ordinal)))
-                t.copy_(randn_like(t) * 0.02);                 // B starts at 0; make the adapters matter
+                t.copy_(randn_like(t).mul(Scalars.Of(0.02)));                 // B starts at 0; make the adapters matter
         model.eval();
         using var plain = Forward(model, ids);
         using var baseline = NoAdapterForward(model, ids, tuner);
@@ -136,7 +136,7 @@ public class MoEFineTunerTests(CarvedTinyrefFixture tinyref) : IClassFixture<Car
             using (var tuner = new MoEFineTuner(model, new FineTuneOptions { Seed = 11 }))
             {
                 using (no_grad())
-                    foreach (var (_, t) in tuner.AdapterState()) t.copy_(randn_like(t) * 0.02);
+                    foreach (var (_, t) in tuner.AdapterState()) t.copy_(randn_like(t).mul(Scalars.Of(0.02)));
                 model.eval();
                 expected = Forward(model, ids);
                 CMoE.Modeling.IO.SafeTensorsWriter.Write(path, tuner.AdapterState());

@@ -160,9 +160,9 @@ public sealed class StackedExperts : nn.Module
     /// <summary>Expert j with each matrix W replaced by W + (low-rank term): same shapes as <see cref="Expert"/>.</summary>
     private Tensor AdaptedExpert(IExpertAdapter lora, long j, Tensor x)
     {
-        var g = F.linear(x, gate_proj[j]) + lora.Delta(ExpertMatrix.Gate, j, x, training);   // [n, m]
-        var u = F.linear(x, up_proj[j]) + lora.Delta(ExpertMatrix.Up, j, x, training);       // [n, m]
-        var h = F.silu(g) * u;                                                               // [n, m]
-        return F.linear(h, down_proj[j]) + lora.Delta(ExpertMatrix.Down, j, h, training);    // [n, d]
+        var g = F.linear(x, gate_proj[j]).add(lora.Delta(ExpertMatrix.Gate, j, x, training), Scalars.One);   // [n, m]
+        var u = F.linear(x, up_proj[j]).add(lora.Delta(ExpertMatrix.Up, j, x, training), Scalars.One);       // [n, m]
+        var h = F.silu(g) * u;                                                                               // [n, m]
+        return F.linear(h, down_proj[j]).add(lora.Delta(ExpertMatrix.Down, j, h, training), Scalars.One);    // [n, d]
     }
 }
