@@ -1,3 +1,4 @@
+using CMoE.Modeling.Weights;
 using static TorchSharp.torch;
 
 namespace CMoE.Modeling;
@@ -14,15 +15,22 @@ public sealed class DecoderLayer : nn.Module
     private readonly RmsNorm post_attention_layernorm;
     private nn.Module<Tensor, Tensor> mlp;
 
-    /// <summary>Creates a dense layer with uninitialised weights.</summary>
-    public DecoderLayer(LlamaConfig c, ScalarType dtype = ScalarType.Float32) : base(nameof(DecoderLayer))
+    /// <summary>Creates a dense layer with uninitialised weights in <paramref name="precision"/> (fp32 when null).</summary>
+    public DecoderLayer(LlamaConfig c, Precision? precision = null) : base(nameof(DecoderLayer))
     {
-        input_layernorm = new RmsNorm(c.HiddenSize, c.RmsNormEps, dtype);
-        self_attn = new LlamaAttention(c, dtype);
-        post_attention_layernorm = new RmsNorm(c.HiddenSize, c.RmsNormEps, dtype);
-        mlp = new SwiGluMlp(c.HiddenSize, c.IntermediateSize, dtype);
+        var p = precision ?? Precision.Fp32;
+        input_layernorm = new RmsNorm(c.HiddenSize, c.RmsNormEps, p.Compute);
+        self_attn = new LlamaAttention(c, p);
+        post_attention_layernorm = new RmsNorm(c.HiddenSize, c.RmsNormEps, p.Compute);
+        mlp = new SwiGluMlp(c.HiddenSize, c.IntermediateSize, p);
         RegisterComponents();
     }
+
+    /// <summary>The RMSNorm before attention.</summary>
+    public RmsNorm InputNorm => input_layernorm;
+
+    /// <summary>The RMSNorm before the FFN.</summary>
+    public RmsNorm FfnNorm => post_attention_layernorm;
 
     /// <summary>The attention block.</summary>
     public LlamaAttention Attention => self_attn;

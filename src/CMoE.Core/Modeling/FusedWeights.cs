@@ -1,48 +1,52 @@
+using CMoE.Modeling.Weights;
 using static TorchSharp.torch;
 
 namespace CMoE.Modeling;
 
 /// <summary>
 /// One storage block [sum of outs, in] whose row ranges are the weights of several projections that read
-/// the same input (q|k|v, gate|up, the router's G|U). The projections' parameters are contiguous views of
-/// it, so loading (in-place copies) and in-place updates keep it current, and an inference fast path can
-/// run all of them as one matrix product. <see cref="TryGet"/> returns the block only while every part
-/// still lives in it (a part moved to another device or replaced breaks that; callers then fall back to
-/// the parts).
+/// the same input (q|k|v, gate|up, the router's G|U), in one weight format (int8 scales are per row, so they
+/// split the same way). The projections' tensors are contiguous views of it, so loading (in-place copies) and
+/// in-place updates keep it current, and an inference fast path can run all of them as one matrix product.
+/// <see cref="TryGet"/> returns the block only while every part still lives in it (a part moved to another
+/// device or replaced breaks that; callers then fall back to the parts).
 /// </summary>
 internal sealed class FusedWeights
 {
-    private readonly Tensor _block;        // [sum outs, in]
-    private readonly long[] _rows;         // rows of each part
-    private IntPtr[] _bound = [];          // handles of the parameters made from the part views
+    private readonly StoredWeight _block;   // [sum outs, in]
+    private readonly long[] _rows;          // rows of each part
+    private IntPtr[] _bound = [];           // handles of the value tensors made from the part views
 
-    private FusedWeights(Tensor block, long[] rows) => (_block, _rows) = (block, rows);
+    private FusedWeights(StoredWeight block, long[] rows) => (_block, _rows) = (block, rows);
 
     /// <summary>Allocates the uninitialised block and returns it with one view per part, [outs[i], in] each.</summary>
-    public static (FusedWeights Fused, Tensor[] Parts) Allocate(long inFeatures, long[] outs, ScalarType dtype)
+    public static (FusedWeights Fused, StoredWeight[] Parts) Allocate(long inFeatures, long[] outs, WeightFormat format)
     {
-        var block = empty(outs.Sum(), inFeatures, dtype: dtype).DetachFromDisposeScope();   // lives as long as the module
-        var parts = new Tensor[outs.Length];
+        var block = StoredWeight.Allocate([outs.Sum(), inFeatures], format.For(inFeatures));   // lives as long as the module
+        var parts = new StoredWeight[outs.Length];
         long row = 0;
         for (int i = 0; i < outs.Length; i++)
         {
-            parts[i] = block.narrow(0, row, outs[i]);
+            parts[i] = block.Narrow(0, row, outs[i]);
             row += outs[i];
         }
         return (new FusedWeights(block, outs), parts);
     }
 
-    /// <summary>Records the parameters built on the part views (in order); <see cref="TryGet"/> checks against them.</summary>
-    public void Bind(params Tensor[] parameters) => _bound = parameters.Select(p => p.Handle).ToArray();
+    /// <summary>The block's storage format.</summary>
+    public WeightFormat Format => _block.Format;
+
+    /// <summary>Records the value tensors built on the part views (in order); <see cref="TryGet"/> checks against them.</summary>
+    public void Bind(params Tensor[] values) => _bound = values.Select(p => p.Handle).ToArray();
 
     /// <summary>
-    /// The block [sum outs, in] when the given parameters are still the bound part views (same tensors,
+    /// The block [sum outs, in] when the given value tensors are still the bound part views (same tensors,
     /// not replaced, e.g. by a move to another device or dtype), else null.
     /// </summary>
-    public Tensor? TryGet(ReadOnlySpan<Tensor> parts)
+    public StoredWeight? TryGet(ReadOnlySpan<Tensor> parts)
     {
         if (parts.Length != _bound.Length) return null;
-        long row = 0, rowElements = _block.shape[1];
+        long row = 0, rowElements = _block.Values.shape[1];
         for (int i = 0; i < parts.Length; i++)
         {
             var p = parts[i];

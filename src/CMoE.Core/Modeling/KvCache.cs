@@ -47,6 +47,9 @@ public sealed class KvCache : IDisposable
             throw new InvalidOperationException($"The KV cache holds {Capacity} positions; {Length + n} were needed. Create a larger cache.");
     }
 
+    /// <summary>Whether the managed decode kernels can read and write the buffers (fp32, on the CPU).</summary>
+    internal bool ManagedReadable => _keys.Length == 0 || (_keys[0].dtype == ScalarType.Float32 && _keys[0].device_type == TorchSharp.DeviceType.CPU);
+
     /// <summary>The whole key and value buffers of <paramref name="layer"/>, [batch, kv_heads, capacity, head_dim] each (for in-place decode kernels).</summary>
     internal (Tensor Keys, Tensor Values) Buffers(int layer) => (_keys[layer], _values[layer]);
 

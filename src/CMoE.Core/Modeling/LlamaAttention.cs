@@ -1,3 +1,5 @@
+using CMoE.Modeling.Kernels;
+using CMoE.Modeling.Weights;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
@@ -19,25 +21,26 @@ public sealed class LlamaAttention : nn.Module
     private Tensor? _ropeSign;              // [head_dim]: -1 on the first half, +1 on the second
     private readonly object _ropeSignGate = new();
 
-    /// <summary>Creates the attention block with uninitialised weights.</summary>
-    public LlamaAttention(LlamaConfig c, ScalarType dtype = ScalarType.Float32) : base(nameof(LlamaAttention))
+    /// <summary>Creates the attention block with uninitialised weights in <paramref name="precision"/> (fp32 when null).</summary>
+    public LlamaAttention(LlamaConfig c, Precision? precision = null) : base(nameof(LlamaAttention))
     {
+        var p = precision ?? Precision.Fp32;
         (_heads, _kvHeads, _headDim) = (c.NumHeads, c.NumKeyValueHeads, c.HeadDim);
         if (c.QkvBias)
         {
-            q_proj = new Projection(c.HiddenSize, _heads * _headDim, c.QkvBias, dtype);
-            k_proj = new Projection(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, dtype);
-            v_proj = new Projection(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, dtype);
+            q_proj = new Projection(c.HiddenSize, _heads * _headDim, c.QkvBias, p);
+            k_proj = new Projection(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, p);
+            v_proj = new Projection(c.HiddenSize, _kvHeads * _headDim, c.QkvBias, p);
         }
         else
         {
-            (_qkv, var parts) = FusedWeights.Allocate(c.HiddenSize, [_heads * _headDim, _kvHeads * _headDim, _kvHeads * _headDim], dtype);
+            (_qkv, var parts) = FusedWeights.Allocate(c.HiddenSize, [_heads * _headDim, _kvHeads * _headDim, _kvHeads * _headDim], p.Weights);
             q_proj = new Projection(parts[0]);
             k_proj = new Projection(parts[1]);
             v_proj = new Projection(parts[2]);
             _qkv.Bind(q_proj.Weight, k_proj.Weight, v_proj.Weight);
         }
-        o_proj = new Projection(_heads * _headDim, c.HiddenSize, c.OutputBias, dtype);
+        o_proj = new Projection(_heads * _headDim, c.HiddenSize, c.OutputBias, p);
         RegisterComponents();
     }
 
@@ -57,7 +60,7 @@ public sealed class LlamaAttention : nn.Module
         if (RawQkv(x) is { } qkvWeight)
         {
             // Inference fast path: one product for q|k|v, the rotation applied to q and k together.
-            var qkv = F.linear(x, qkvWeight).view(b, t, _heads + 2 * _kvHeads, _headDim);          // [b, t, H + 2 KV, hd]
+            var qkv = qkvWeight.Linear(x).view(b, t, _heads + 2 * _kvHeads, _headDim);             // [b, t, H + 2 KV, hd]
             var qk = RotaryEmbedding.ApplyHeadsLast(qkv.narrow(2, 0, _heads + _kvHeads), cos, sin, RopeSign(x)); // [b, t, H + KV, hd]
             q = qk.narrow(2, 0, _heads).transpose(1, 2);                                            // [b, H, t, hd]
             k = qk.narrow(2, _heads, _kvHeads).transpose(1, 2);                                     // [b, KV, t, hd]
@@ -93,34 +96,51 @@ public sealed class LlamaAttention : nn.Module
         return o_proj.forward(merged).MoveToOuterDisposeScope();
     }
 
-    private readonly PerWeights<DecoderPointers> _decoder = new();
+    private readonly PerWeights<DecodeViews> _decoder = new();
 
-    private sealed record DecoderPointers(nint Qkv, nint O);
+    /// <summary>The managed kernels' views of W_q|W_k|W_v [(H + 2 KV) hd, d] and W_o [d, H hd].</summary>
+    internal sealed record DecodeViews(MatrixView Qkv, MatrixView O);
+
+    /// <summary>The views the managed decode step reads, or null when it cannot (training, adapters, biases, other devices).</summary>
+    internal DecodeViews? Decodable()
+    {
+        if (o_proj.Bias is not null || !o_proj.RawWeightsUsable || _qkv is null || !q_proj.RawWeightsUsable || !k_proj.RawWeightsUsable || !v_proj.RawWeightsUsable)
+            return null;
+        if ((q_proj.Weight.requires_grad || o_proj.Weight.requires_grad) && is_grad_enabled()) return null;
+        return _decoder.Get([q_proj.Weight, k_proj.Weight, v_proj.Weight, o_proj.Weight], () =>
+            _qkv.TryGet([q_proj.Weight, k_proj.Weight, v_proj.Weight]) is { } qkv && MatrixView.Of(qkv) is { } q && MatrixView.Of(o_proj.Stored) is { } o
+                ? new DecodeViews(q, o) : null);
+    }
 
     /// <summary>
-    /// Decode step for CPU fp32 inference (one new position per sequence, at most <see cref="DecodeKernels.MaxTokens"/>
-    /// sequences, a KV cache): q|k|v as one managed matrix-vector product, rotary on q and k, k and v written into the
-    /// cache, each query head against its KV head's cached positions, o_proj. One allocation instead of ~20 tensor
-    /// operations; null where it does not apply (training, adapters, biases, other devices or dtypes, prefill).
+    /// Decode step for CPU inference with fp32 activations (one new position per sequence, at most
+    /// <see cref="DecodeKernels.MaxTokens"/> sequences, a KV cache): the managed <see cref="Decode"/> into a fresh tensor;
+    /// null where it does not apply (training, adapters, biases, other devices or dtypes, prefill).
     /// </summary>
-    private unsafe Tensor? TryManagedDecode(Tensor x, Tensor cos, Tensor sin, KvCache cache, int layer)
+    private Tensor? TryManagedDecode(Tensor x, Tensor cos, Tensor sin, KvCache cache, int layer)
     {
-        if (x.dim() != 3 || x.shape[1] != 1 || o_proj.Bias is not null || !o_proj.RawWeightsUsable) return null;
-        long b = x.shape[0], d = x.shape[2];
-        if (RawQkv(x) is not { } qkvWeight || !DecodeKernels.Qualifies(x, d, DecodeKernels.MaxTokens)) return null;
-        var (keys, values) = cache.Buffers(layer);
-        if (!DecodeKernels.Readable(cos, sin, keys, values) || cos.numel() != _headDim) return null;
-        var decoder = _decoder.Get([q_proj.Weight, k_proj.Weight, v_proj.Weight, o_proj.Weight], () =>
-            DecodeKernels.Readable(qkvWeight, o_proj.Weight) ? new((nint)DecodeKernels.Pointer(qkvWeight), (nint)DecodeKernels.Pointer(o_proj.Weight)) : null);
-        if (decoder is null) return null;
+        if (x.dim() != 3 || x.shape[1] != 1 || Decodable() is not { } views) return null;
+        if (!DecodeKernels.Qualifies(x, x.shape[2], DecodeKernels.MaxTokens) || !DecodeKernels.Readable(cos, sin) || cos.numel() != _headDim) return null;
+        if (!cache.ManagedReadable) return null;
+        var y = empty(x.shape, dtype: ScalarType.Float32);
+        Decode(views, DecodeKernels.Floats(x), DecodeKernels.Floats(y), DecodeKernels.Floats(cos), DecodeKernels.Floats(sin), cache, layer);
+        return y;
+    }
 
+    /// <summary>
+    /// One decode step of <c>x.Length / d</c> sequences (row r of <paramref name="x"/> is sequence r's new token, at position
+    /// <c>cache.Length</c>): q|k|v as one managed matrix-vector product, rotary on q and k (<paramref name="cos"/>,
+    /// <paramref name="sin"/> [head_dim] of that position), k and v written into the cache, each query head against its KV
+    /// head's cached positions, o_proj. The cache's length is not advanced (the model does that after all layers).
+    /// </summary>
+    internal unsafe void Decode(DecodeViews views, ReadOnlySpan<float> x, Span<float> y, ReadOnlySpan<float> cos, ReadOnlySpan<float> sin, KvCache cache, int layer)
+    {
+        int d = views.Qkv.Cols, rows = x.Length / d;
         cache.EnsureRoom(1);
+        var (keys, values) = cache.Buffers(layer);
         int past = (int)cache.Length, positions = past + 1, hd = _headDim, heads = _heads, kv = _kvHeads, group = heads / kv;
         long capacity = cache.Capacity;
         float* kBase = DecodeKernels.Pointer(keys), vBase = DecodeKernels.Pointer(values);
-        ReadOnlySpan<float> xs = DecodeKernels.Floats(x), cs = DecodeKernels.Floats(cos), sn = DecodeKernels.Floats(sin);
-        var y = empty(x.shape, dtype: ScalarType.Float32);
-        var ys = DecodeKernels.Floats(y);
         int width = (heads + 2 * kv) * hd;
         float[] scratch = System.Buffers.ArrayPool<float>.Shared.Rent(width + heads * hd + group * positions);
         try
@@ -128,10 +148,10 @@ public sealed class LlamaAttention : nn.Module
             var qkv = scratch.AsSpan(0, width);                                              // q heads | k heads | v heads
             var merged = scratch.AsSpan(width, heads * hd);                                   // attention output, heads side by side
             var scores = scratch.AsSpan(width + heads * hd, group * positions);
-            for (int row = 0; row < b; row++)
+            for (int row = 0; row < rows; row++)
             {
-                DecodeKernels.MatVec((float*)decoder.Qkv, width, (int)d, xs.Slice(row * (int)d, (int)d), qkv, null);
-                for (int h = 0; h < heads + kv; h++) DecodeKernels.Rotate(qkv.Slice(h * hd, hd), cs, sn);   // q and k
+                MatVec.Run(views.Qkv, x.Slice(row * d, d), qkv);
+                for (int h = 0; h < heads + kv; h++) DecodeKernels.Rotate(qkv.Slice(h * hd, hd), cos, sin);   // q and k
                 for (int g = 0; g < kv; g++)                                                   // append k, v at position `past`
                 {
                     long at = ((row * kv + g) * capacity + past) * hd;
@@ -144,18 +164,17 @@ public sealed class LlamaAttention : nn.Module
                     DecodeKernels.AttendGroup(qkv.Slice(g * group * hd, group * hd), group, kBase + start, vBase + start, positions,
                         merged.Slice(g * group * hd, group * hd), scores);
                 }
-                DecodeKernels.MatVec((float*)decoder.O, (int)d, heads * hd, merged, ys.Slice(row * (int)d, (int)d), null);
+                MatVec.Run(views.O, merged, y.Slice(row * views.O.Rows, views.O.Rows));
             }
         }
         finally
         {
             System.Buffers.ArrayPool<float>.Shared.Return(scratch);
         }
-        return y;
     }
 
     /// <summary>The q|k|v weight block when the fused inference path applies to <paramref name="x"/>, else null.</summary>
-    private Tensor? RawQkv(Tensor x)
+    private StoredWeight? RawQkv(Tensor x)
     {
         if (_qkv is null || !q_proj.RawWeightsUsable || !k_proj.RawWeightsUsable || !v_proj.RawWeightsUsable) return null;
         if (!FusedWeights.NoGradNeeded(x, q_proj.Weight) || k_proj.Weight.requires_grad || v_proj.Weight.requires_grad) return null;

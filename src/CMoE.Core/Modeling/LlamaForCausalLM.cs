@@ -1,4 +1,5 @@
 using TorchSharp.Modules;
+using CMoE.Modeling.Weights;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
@@ -13,13 +14,13 @@ public sealed class LlamaModel : nn.Module
     private readonly List<DecoderLayer> _layerList = [];
 
     /// <summary>Creates the stack with uninitialised weights.</summary>
-    public LlamaModel(LlamaConfig c, ScalarType dtype) : base(nameof(LlamaModel))
+    public LlamaModel(LlamaConfig c, Precision precision) : base(nameof(LlamaModel))
     {
-        embed_tokens = new TokenEmbedding(c.VocabSize, c.HiddenSize, dtype);
+        embed_tokens = new TokenEmbedding(c.VocabSize, c.HiddenSize, precision);
         layers = new ModuleList<DecoderLayer>();
-        for (int i = 0; i < c.NumLayers; i++) layers.Add(new DecoderLayer(c, dtype));
+        for (int i = 0; i < c.NumLayers; i++) layers.Add(new DecoderLayer(c, precision));
         _layerList.AddRange(layers);
-        norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, dtype);
+        norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, precision.Compute);
         RegisterComponents();
     }
 
@@ -42,12 +43,19 @@ public sealed class LlamaForCausalLM : nn.Module
     private readonly Projection? lm_head;
     private readonly RotaryEmbedding _rope;
 
-    /// <summary>Creates the model with uninitialised weights in <paramref name="dtype"/> on the CPU.</summary>
-    public LlamaForCausalLM(LlamaConfig config, ScalarType dtype = ScalarType.Float32) : base(nameof(LlamaForCausalLM))
+    /// <summary>Creates the model with uninitialised weights in <paramref name="dtype"/> (activations and weights) on the CPU.</summary>
+    public LlamaForCausalLM(LlamaConfig config, ScalarType dtype = ScalarType.Float32) : this(config, Precision.Of(dtype))
     {
+    }
+
+    /// <summary>Creates the model with uninitialised weights in <paramref name="precision"/> on the CPU.</summary>
+    public LlamaForCausalLM(LlamaConfig config, Precision precision) : base(nameof(LlamaForCausalLM))
+    {
+        precision.Validate();
         Config = config;
-        model = new LlamaModel(config, dtype);
-        if (!config.TieWordEmbeddings) lm_head = new Projection(config.HiddenSize, config.VocabSize, dtype: dtype);
+        Precision = precision;
+        model = new LlamaModel(config, precision);
+        if (!config.TieWordEmbeddings) lm_head = new Projection(config.HiddenSize, config.VocabSize, precision: precision);
         _rope = new RotaryEmbedding(config);
         RegisterComponents();
         eval();   // inference by default (fast fused paths); the fine-tuner switches to train() while it trains
@@ -62,8 +70,14 @@ public sealed class LlamaForCausalLM : nn.Module
     /// <summary>The device the weights are on.</summary>
     public Device Device => model.Embeddings.Weight.device;
 
-    /// <summary>The weights' dtype.</summary>
-    public ScalarType DType => model.Embeddings.Weight.dtype;
+    /// <summary>The activations' dtype (what the KV cache and new blocks use).</summary>
+    public ScalarType DType => Precision.Compute;
+
+    /// <summary>The compute dtype and the weight storage format the model was built with.</summary>
+    public Precision Precision { get; }
+
+    /// <summary>The lm_head projection, or null when it is tied to the embedding table.</summary>
+    public Projection? LmHead => lm_head;
 
     /// <summary>Rotary tables for positions [start, start + length), in the model's device and dtype.</summary>
     public (Tensor Cos, Tensor Sin) Rotary(long start, long length) => _rope.Get(start, length, Device, DType);
@@ -83,7 +97,7 @@ public sealed class LlamaForCausalLM : nn.Module
 
     /// <summary>Logits from final hidden states: [b, t, d] -> [b, t, vocab].</summary>
     public Tensor Logits(Tensor hidden) =>
-        lm_head is not null ? lm_head.forward(hidden) : F.linear(hidden, model.Embeddings.Weight);
+        lm_head is not null ? lm_head.forward(hidden) : model.Embeddings.Stored.Linear(hidden);
 
     /// <summary>Next-token logits: ids [b, t] -> [b, t, vocab].</summary>
     public Tensor Forward(Tensor ids, KvCache? cache = null)

@@ -1,32 +1,37 @@
+using CMoE.Modeling.Kernels;
+using CMoE.Modeling.Weights;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
 
 namespace CMoE.Modeling;
 
 /// <summary>
-/// A linear map y = x W^T (+ b) whose weight starts uninitialised (it is always loaded from a
-/// checkpoint), so building a large model costs no random initialisation. State-dict keys:
-/// <c>weight</c> [out, in] and, when present, <c>bias</c> [out], as <c>torch.nn.Linear</c>.
+/// A linear map y = x W^T (+ b) whose weight starts uninitialised (it is always loaded from a checkpoint), so building a
+/// large model costs no random initialisation. The weight is stored in the model's <see cref="WeightFormat"/> (see
+/// <see cref="StoredWeight"/>). State-dict keys: <c>weight</c> [out, in], <c>weight_scale</c> [out, in / G] for int8 weights,
+/// and, when present, <c>bias</c> [out] (in the compute dtype), as <c>torch.nn.Linear</c> plus the scales.
 /// </summary>
 public sealed class Projection : nn.Module<Tensor, Tensor>
 {
-    private readonly Parameter weight;
+    private readonly Tensor weight;            // [out, in]: a Parameter (fp32, bf16) or int8 values
+    private readonly Tensor? weight_scale;     // [out, in / G] fp32, int8 only
     private readonly Parameter? bias;
+    private readonly WeightFormat _format;
 
-    /// <summary>Creates an uninitialised [outFeatures, inFeatures] projection.</summary>
-    public Projection(long inFeatures, long outFeatures, bool hasBias = false, ScalarType dtype = ScalarType.Float32)
-        : base(nameof(Projection))
+    /// <summary>Creates an uninitialised [outFeatures, inFeatures] projection in <paramref name="precision"/> (fp32 when null).</summary>
+    public Projection(long inFeatures, long outFeatures, bool hasBias = false, Precision? precision = null)
+        : this(StoredWeight.Allocate([outFeatures, inFeatures], (precision ?? Precision.Fp32).Weights.For(inFeatures)),
+            hasBias ? zeros(outFeatures, dtype: (precision ?? Precision.Fp32).Compute) : null)
     {
-        weight = new Parameter(empty(outFeatures, inFeatures, dtype: dtype), requires_grad: false);
-        if (hasBias) bias = new Parameter(zeros(outFeatures, dtype: dtype), requires_grad: false);
-        RegisterComponents();
     }
 
-    /// <summary>A projection whose weight is <paramref name="weightStorage"/> [out, in] (e.g. a view of a <see cref="FusedWeights"/> block).</summary>
-    internal Projection(Tensor weightStorage) : base(nameof(Projection))
+    /// <summary>A projection whose weight is <paramref name="storage"/> [out, in] (e.g. a view of a <see cref="FusedWeights"/> block).</summary>
+    internal Projection(StoredWeight storage, Tensor? biasValues = null) : base(nameof(Projection))
     {
-        weight = new Parameter(weightStorage, requires_grad: false);
+        weight = StoredWeight.Field(storage.Values);
+        weight_scale = storage.Scales;
+        _format = storage.Format;
+        if (biasValues is not null) bias = new Parameter(biasValues, requires_grad: false);
         RegisterComponents();
     }
 
@@ -37,8 +42,14 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     /// </summary>
     public bool RawWeightsUsable => !training && Adapter is null;
 
-    /// <summary>The weight [out, in].</summary>
-    public Parameter Weight => weight;
+    /// <summary>The weight values [out, in]: a <see cref="Parameter"/> for fp32 and bf16 weights, int8 values for int8 ones.</summary>
+    public Tensor Weight => weight;
+
+    /// <summary>The weight in its storage format (values and, for int8, scales).</summary>
+    internal StoredWeight Stored => new(weight, weight_scale, _format);
+
+    /// <summary>The weight's storage format.</summary>
+    public WeightFormat Format => _format;
 
     /// <summary>The bias [out], or null.</summary>
     public Parameter? Bias => bias;
@@ -50,40 +61,52 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         if (TryManagedForward(x) is { } decoded) return decoded;
-        if (Adapter is null) return F.linear(x, weight, bias);
+        if (Adapter is null) return Stored.Linear(x, bias);
         using var scope = NewDisposeScope();
-        return F.linear(x, weight, bias).add(Adapter.Delta(x, training), Scalars.One).MoveToOuterDisposeScope();
+        return Stored.Linear(x, bias).add(Adapter.Delta(x, training), Scalars.One).MoveToOuterDisposeScope();
     }
 
-    private readonly PerWeights<WeightPointers> _decoder = new();
+    private readonly PerWeights<DecodeView> _decoder = new();
 
-    private sealed record WeightPointers(nint Weight, nint Bias);
+    private sealed record DecodeView(MatrixView Weight, nint Bias);
+
+    /// <summary>The managed kernels' view of the weight (and bias), or null when they cannot read it (another device, a non-contiguous view).</summary>
+    internal unsafe (MatrixView Weight, nint Bias)? Decodable()
+    {
+        if (!RawWeightsUsable || (weight.requires_grad && is_grad_enabled())) return null;
+        Tensor[] sources = bias is null ? [weight] : weight_scale is null ? [weight, bias] : [weight, weight_scale, bias];
+        if (bias is null && weight_scale is not null) sources = [weight, weight_scale];
+        var view = _decoder.Get(sources, () =>
+            MatrixView.Of(Stored) is { } w && (bias is null || DecodeKernels.Readable(bias))
+                ? new DecodeView(w, bias is null ? 0 : (nint)DecodeKernels.Pointer(bias))
+                : null);
+        return view is null ? null : (view.Weight, view.Bias);
+    }
 
     /// <summary>
-    /// Decode path (eval mode, CPU fp32, at most <see cref="DecodeKernels.MaxTokens"/> rows, no gradient): x W^T (+ b) as a
-    /// managed matrix-vector product into a fresh tensor (e.g. the lm_head of a decode step); null where it does not apply.
+    /// Decode path (eval mode, CPU, fp32 activations, at most <see cref="DecodeKernels.MaxTokens"/> rows, no gradient): x W^T (+ b)
+    /// as managed matrix-vector products into a fresh tensor (e.g. the lm_head of a decode step); null where it does not apply.
     /// </summary>
     private unsafe Tensor? TryManagedForward(Tensor x)
     {
-        if (!RawWeightsUsable || (weight.requires_grad && is_grad_enabled())) return null;
         long inF = weight.shape[1], outF = weight.shape[0];
-        if (!DecodeKernels.Qualifies(x, inF, DecodeKernels.MaxTokens)) return null;
-        var pointers = _decoder.Get(bias is null ? [weight] : [weight, bias], () =>
-            DecodeKernels.Readable(bias is null ? [weight] : [weight, bias])
-                ? new((nint)DecodeKernels.Pointer(weight), bias is null ? 0 : (nint)DecodeKernels.Pointer(bias))
-                : null);
-        if (pointers is null) return null;
+        if (!DecodeKernels.Qualifies(x, inF, DecodeKernels.MaxTokens) || Decodable() is not { } view) return null;
         long[] shape = x.shape;
         shape[^1] = outF;
         var y = empty(shape, dtype: ScalarType.Float32);
-        ReadOnlySpan<float> xs = DecodeKernels.Floats(x);
-        var ys = DecodeKernels.Floats(y);
-        for (int t = 0; t < xs.Length / inF; t++)
-        {
-            var row = ys.Slice(t * (int)outF, (int)outF);
-            DecodeKernels.MatVec((float*)pointers.Weight, (int)outF, (int)inF, xs.Slice(t * (int)inF, (int)inF), row, null);
-            if (pointers.Bias != 0) System.Numerics.Tensors.TensorPrimitives.Add(row, new ReadOnlySpan<float>((float*)pointers.Bias, (int)outF), row);
-        }
+        Decode(view, DecodeKernels.Floats(x), DecodeKernels.Floats(y));
         return y;
+    }
+
+    /// <summary>y = x W^T (+ b) for each of the rows of <paramref name="x"/> [n * in] into <paramref name="y"/> [n * out].</summary>
+    internal static unsafe void Decode((MatrixView Weight, nint Bias) view, ReadOnlySpan<float> x, Span<float> y)
+    {
+        int inF = view.Weight.Cols, outF = view.Weight.Rows;
+        for (int t = 0; t < x.Length / inF; t++)
+        {
+            var row = y.Slice(t * outF, outF);
+            MatVec.Run(view.Weight, x.Slice(t * inF, inF), row);
+            if (view.Bias != 0) System.Numerics.Tensors.TensorPrimitives.Add(row, new ReadOnlySpan<float>((float*)view.Bias, outF), row);
+        }
     }
 }

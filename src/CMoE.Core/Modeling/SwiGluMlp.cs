@@ -1,3 +1,5 @@
+using CMoE.Modeling.Kernels;
+using CMoE.Modeling.Weights;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
@@ -13,15 +15,16 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
     private readonly FusedWeights _gateUp;   // gate_proj and up_proj are its row ranges
     private readonly long _intermediate;
 
-    /// <summary>Creates the block with uninitialised weights (they are loaded from a checkpoint).</summary>
-    public SwiGluMlp(long hidden, long intermediate, ScalarType dtype = ScalarType.Float32) : base(nameof(SwiGluMlp))
+    /// <summary>Creates the block with uninitialised weights (they are loaded from a checkpoint) in <paramref name="precision"/> (fp32 when null).</summary>
+    public SwiGluMlp(long hidden, long intermediate, Precision? precision = null) : base(nameof(SwiGluMlp))
     {
+        var p = precision ?? Precision.Fp32;
         _intermediate = intermediate;
-        (_gateUp, var parts) = FusedWeights.Allocate(hidden, [intermediate, intermediate], dtype);
+        (_gateUp, var parts) = FusedWeights.Allocate(hidden, [intermediate, intermediate], p.Weights);
         gate_proj = new Projection(parts[0]);
         up_proj = new Projection(parts[1]);
         _gateUp.Bind(gate_proj.Weight, up_proj.Weight);
-        down_proj = new Projection(intermediate, hidden, dtype: dtype);
+        down_proj = new Projection(intermediate, hidden, precision: p);
         RegisterComponents();
     }
 
@@ -40,7 +43,7 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
         if (RawGateUp(x) is { } gateUp)
         {
             // Inference fast path: one product for gate|up, SiLU and the product in place.
-            var gu = F.linear(x, gateUp);                                      // [..., 2 d_h]
+            var gu = gateUp.Linear(x);                                        // [..., 2 d_h]
             var g = gu.narrow(-1, 0, _intermediate).silu_().mul_(gu.narrow(-1, _intermediate, _intermediate)); // [..., d_h]
             return down_proj.forward(g).MoveToOuterDisposeScope();
         }
@@ -48,47 +51,54 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
         return down_proj.forward(h).MoveToOuterDisposeScope();       // [..., d]
     }
 
-    private readonly PerWeights<DecoderPointers> _decoder = new();
+    private readonly PerWeights<DecodeViews> _decoder = new();
 
-    private sealed record DecoderPointers(nint GateUp, nint Down);
+    /// <summary>The managed kernels' views of W_gate|W_up [2 d_h, d] and W_down [d, d_h].</summary>
+    internal sealed record DecodeViews(MatrixView GateUp, MatrixView Down);
+
+    /// <summary>The views the managed decode kernels read, or null when they cannot (training, adapters, a bias, other devices, split blocks).</summary>
+    internal DecodeViews? Decodable()
+    {
+        if (FusedGateUp is not { } gateUp || down_proj.Bias is not null) return null;
+        return _decoder.Get([gate_proj.Weight, up_proj.Weight, down_proj.Weight], () =>
+            MatrixView.Of(gateUp) is { } gu && MatrixView.Of(down_proj.Stored) is { } dn ? new DecodeViews(gu, dn) : null);
+    }
 
     /// <summary>
-    /// Decode path for CPU fp32 inference on at most <see cref="DecodeKernels.MaxTokens"/> tokens: the FFN as managed
-    /// matrix-vector products (<see cref="DecodeKernels.SwiGlu"/>) into a fresh tensor; null where it does not apply.
+    /// Decode path for CPU inference with fp32 activations on at most <see cref="DecodeKernels.MaxTokens"/> tokens: the FFN as
+    /// managed matrix-vector products (<see cref="DecodeKernels.SwiGlu"/>) into a fresh tensor; null where it does not apply.
     /// </summary>
-    internal unsafe Tensor? TryManagedForward(Tensor x)
+    internal Tensor? TryManagedForward(Tensor x)
     {
-        if (FusedGateUp is not { } gateUp) return null;
-        int d = (int)gateUp.shape[1], n = (int)_intermediate;
-        if (!DecodeKernels.Qualifies(x, d, DecodeKernels.MaxTokens)) return null;
-        var decoder = _decoder.Get([gate_proj.Weight, up_proj.Weight, down_proj.Weight], () =>
-            down_proj.Bias is null && DecodeKernels.Readable(gateUp, down_proj.Weight)
-                ? new((nint)DecodeKernels.Pointer(gateUp), (nint)DecodeKernels.Pointer(down_proj.Weight))
-                : null);
-        if (decoder is null) return null;
+        if (Decodable() is not { } views || !DecodeKernels.Qualifies(x, views.GateUp.Cols, DecodeKernels.MaxTokens)) return null;
         var y = empty(x.shape, dtype: ScalarType.Float32);
-        ReadOnlySpan<float> xs = DecodeKernels.Floats(x);
-        var ys = DecodeKernels.Floats(y);
+        Decode(views, DecodeKernels.Floats(x), DecodeKernels.Floats(y));
+        return y;
+    }
+
+    /// <summary>y = FFN(x) for each of the rows of <paramref name="x"/> [n * d] into <paramref name="y"/> [n * d].</summary>
+    internal static void Decode(DecodeViews views, ReadOnlySpan<float> x, Span<float> y)
+    {
+        int d = views.GateUp.Cols, n = views.Down.Cols;
         float[]? rented = 2 * n > DecodeKernels.StackFloats ? System.Buffers.ArrayPool<float>.Shared.Rent(2 * n) : null;
         Span<float> scratch = rented ?? stackalloc float[2 * n];
         try
         {
-            for (int t = 0; t < xs.Length / d; t++)
-                DecodeKernels.SwiGlu((float*)decoder.GateUp, (float*)decoder.Down, n, xs.Slice(t * d, d), ys.Slice(t * d, d), null, scratch);
+            for (int t = 0; t < x.Length / d; t++)
+                DecodeKernels.SwiGlu(views.GateUp, views.Down, x.Slice(t * d, d), y.Slice(t * d, d), false, 1f, scratch);
         }
         finally
         {
             if (rented is not null) System.Buffers.ArrayPool<float>.Shared.Return(rented);
         }
-        return y;
     }
 
     /// <summary>W_gate|W_up as one [2 d_h, d] block while both still live in it and no adapter changes them, else null.</summary>
-    internal Tensor? FusedGateUp =>
+    internal StoredWeight? FusedGateUp =>
         gate_proj.RawWeightsUsable && up_proj.RawWeightsUsable && down_proj.RawWeightsUsable ? _gateUp.TryGet([gate_proj.Weight, up_proj.Weight]) : null;
 
     /// <summary>W_gate|W_up [2 d_h, d] when the fused inference path applies to <paramref name="x"/>, else null.</summary>
-    internal Tensor? RawGateUp(Tensor x)
+    internal StoredWeight? RawGateUp(Tensor x)
     {
         if (!gate_proj.RawWeightsUsable || !up_proj.RawWeightsUsable) return null;
         if (!FusedWeights.NoGradNeeded(x, gate_proj.Weight) || up_proj.Weight.requires_grad) return null;

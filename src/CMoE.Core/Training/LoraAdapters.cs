@@ -71,7 +71,7 @@ internal sealed class ExpertLora : IExpertAdapter, IDisposable
         Scaling = alpha / rank;
         Dropout = dropout;
         var device = target.Gate.device;
-        Parameter[] weights = [target.Gate, target.Up, target.Down];
+        Tensor[] weights = [target.Gate, target.Up, target.Down];
         for (int k = 0; k < 3; k++)
         {
             long e = weights[k].shape[0], outF = weights[k].shape[1], inF = weights[k].shape[2];
@@ -104,7 +104,7 @@ internal sealed class ExpertLora : IExpertAdapter, IDisposable
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        Parameter[] weights = [Target.Gate, Target.Up, Target.Down];
+        Tensor[] weights = [Target.Gate, Target.Up, Target.Down];
         for (int k = 0; k < 3; k++)
             weights[k].add_(_b[k].bmm(_a[k]).mul(_scaling).to(weights[k].dtype), Scalars.One);   // [E, out, in]
     }

@@ -71,10 +71,10 @@ internal sealed class LanguageModelHandle : IDisposable
     /// <summary>An independent copy (same tokenizer, copied weights), so one stage can change it without touching another's.</summary>
     public LanguageModelHandle Clone()
     {
-        var copy = new LlamaForCausalLM(Model.Config, Model.DType);
+        var copy = new LlamaForCausalLM(Model.Config, Model.Precision);
         for (int i = 0; i < Model.Model.Layers.Count; i++)
             if (Model.Model.Layers[i].Mlp is MoeBlock block)
-                copy.Model.Layers[i].ReplaceMlp(new MoeBlock(block.Shape, Model.DType) { ActiveExperts = block.ActiveExperts });
+                copy.Model.Layers[i].ReplaceMlp(new MoeBlock(block.Shape, Model.Precision) { ActiveExperts = block.ActiveExperts });
         using (no_grad())
         {
             var target = copy.state_dict();

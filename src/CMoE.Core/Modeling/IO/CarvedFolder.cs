@@ -115,6 +115,6 @@ public static class CarvedFolder
             || shape.RoutedExperts < 1 || shape.ExpertSize < 1 || shape.ActiveExperts < 1 || shape.ActiveExperts > shape.RoutedExperts)
             throw new CMoEFormatException($"config.json's cmoe section ({shape}) does not fit the model (hidden {model.Config.HiddenSize}, FFN {model.Config.IntermediateSize}). Re-carve the model.");
         foreach (var layer in model.Model.Layers)
-            layer.ReplaceMlp(new MoeBlock(shape, model.DType));
+            layer.ReplaceMlp(new MoeBlock(shape, model.Precision));
     }
 }

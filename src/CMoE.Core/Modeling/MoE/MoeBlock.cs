@@ -1,3 +1,4 @@
+using CMoE.Modeling.Weights;
 using static TorchSharp.torch;
 
 namespace CMoE.Modeling.MoE;
@@ -21,14 +22,15 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
     private readonly Tensor expert_neurons;
     private readonly Tensor representatives;
 
-    /// <summary>Creates an uninitialised block of the given shape.</summary>
-    public MoeBlock(MoeShape shape, ScalarType dtype = ScalarType.Float32) : base(nameof(MoeBlock))
+    /// <summary>Creates an uninitialised block of the given shape in <paramref name="precision"/> (fp32 when null; the router stays in the compute dtype).</summary>
+    public MoeBlock(MoeShape shape, Precision? precision = null) : base(nameof(MoeBlock))
     {
+        var p = precision ?? Precision.Fp32;
         Shape = shape;
         ActiveExperts = shape.ActiveExperts;
-        if (shape.SharedSize > 0) shared_expert = new SwiGluMlp(shape.Hidden, shape.SharedSize, dtype);
-        experts = new StackedExperts(shape.RoutedExperts, shape.ExpertSize, shape.Hidden, dtype);
-        router = new TrainingFreeRouter(shape.RoutedExperts, shape.Hidden, dtype);
+        if (shape.SharedSize > 0) shared_expert = new SwiGluMlp(shape.Hidden, shape.SharedSize, p);
+        experts = new StackedExperts(shape.RoutedExperts, shape.ExpertSize, shape.Hidden, p);
+        router = new TrainingFreeRouter(shape.RoutedExperts, shape.Hidden, p.Compute);
         shared_neurons = zeros(shape.SharedSize, dtype: ScalarType.Int64);
         expert_neurons = zeros(shape.RoutedExperts, shape.ExpertSize, dtype: ScalarType.Int64);
         representatives = zeros(shape.RoutedExperts, dtype: ScalarType.Int64);
@@ -65,8 +67,10 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
     public static MoeBlock FromDense(SwiGluMlp dense, int[] sharedNeurons, int[][] expertNeurons, int[] representativeNeurons, int active)
     {
         long d = dense.Gate.Weight.shape[1];
+        if (!dense.Gate.Weight.is_floating_point())
+            throw new InvalidOperationException("Carving reads the dense FFN's weights: load the model with fp32 or bf16 weights (int8 is for inference), carve, then convert.");
         var shape = new MoeShape((int)d, sharedNeurons.Length, expertNeurons.Length, expertNeurons[0].Length, active);
-        var block = new MoeBlock(shape, dense.Gate.Weight.dtype);
+        var block = new MoeBlock(shape, Precision.Of(dense.Gate.Weight.dtype));
         block.CopyFrom(dense, sharedNeurons, expertNeurons, representativeNeurons);
         return block;
     }

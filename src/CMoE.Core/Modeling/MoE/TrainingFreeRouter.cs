@@ -1,4 +1,5 @@
 using TorchSharp.Modules;
+using CMoE.Modeling.Weights;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
@@ -23,9 +24,9 @@ public sealed class TrainingFreeRouter : nn.Module
     /// <summary>Creates a router for <paramref name="experts"/> experts over width <paramref name="hidden"/>.</summary>
     public TrainingFreeRouter(int experts, int hidden, ScalarType dtype = ScalarType.Float32) : base(nameof(TrainingFreeRouter))
     {
-        (_gateUp, var parts) = FusedWeights.Allocate(hidden, [experts, experts], dtype);
-        gate = new Parameter(parts[0], requires_grad: false);
-        up = new Parameter(parts[1], requires_grad: false);
+        (_gateUp, var parts) = FusedWeights.Allocate(hidden, [experts, experts], Precision.Of(dtype).Weights);   // in the compute dtype
+        gate = new Parameter(parts[0].Values, requires_grad: false);
+        up = new Parameter(parts[1].Values, requires_grad: false);
         _gateUp.Bind(gate, up);
         scale = new Parameter(zeros(experts, dtype: ScalarType.Float32), requires_grad: false);
         bias = zeros(experts, dtype: ScalarType.Float32);
@@ -42,7 +43,7 @@ public sealed class TrainingFreeRouter : nn.Module
     public Tensor Bias => bias;
 
     /// <summary>G|U as one [2E, d] block (G rows first) while both still live in it, else null.</summary>
-    internal Tensor? FusedGateUp => _gateUp.TryGet([gate, up]);
+    internal StoredWeight? FusedGateUp => _gateUp.TryGet([gate, up]);
 
     /// <summary>Fills G and U from the representative rows of the dense weights, L2-normalised.</summary>
     public void Initialise(Tensor denseGate, Tensor denseUp, long[] representatives)
@@ -93,7 +94,7 @@ public sealed class TrainingFreeRouter : nn.Module
         int gOffset = 0, uOffset = 0, stride = e;
         if (_gateUp.TryGet([gate, up]) is { } gu)
         {
-            g = u = HostFloats(F.linear(x, gu));                                  // [n * 2E]: G x | U x per token
+            g = u = HostFloats(F.linear(x, gu.Values));                           // [n * 2E]: G x | U x per token
             (uOffset, stride) = (e, 2 * e);
         }
         else
