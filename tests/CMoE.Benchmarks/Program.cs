@@ -9,6 +9,16 @@ using static TorchSharp.torch;
 // BenchmarkDotNet kernels, run in process (InProcessEmitToolchain): BenchmarkDotNet's default toolchain
 // builds a child project in another folder, whose output would miss the Debian 12 libLibTorchSharp fix.
 // "quick" runs a short Stopwatch comparison instead (medians of interleaved repetitions).
+if (args.Length > 0 && args[0] == "decode-profile")
+{
+    DecodeProfile.Run(args.Length > 1 ? args[1] : "models/tinyref-llama", args.Length > 2 ? args[2] : "fp32", args.Length > 3 ? int.Parse(args[3]) : 1);
+    return;
+}
+if (args.Length > 0 && args[0] == "matvec")
+{
+    MatVecSpeed.Run();
+    return;
+}
 if (args.Length > 0 && args[0] == "quick")
 {
     Quick.Run(args.Length > 1 ? args[1] : "S2A2E16");

@@ -20,12 +20,16 @@ internal sealed class BenchCommand : ICommand
         cmoe bench (--model <dense-hf-folder> [--carved <carved-folder>] | --synthetic {string.Join("|", SyntheticModels.Shapes.Keys)})
                    [--layout S2A2E16] [--calibration <text>] [--samples 8] [--seq-len 128]
                    [--prompt-tokens 512] [--decode-tokens 128] [--batch 1] [--repeats 3]
-                   [--ffn-layer L] [--ffn-tokens 64] [--seed 0] [--threads 1] {CommonOptions.DeviceUsage} [--json]
+                   [--ffn-layer L] [--ffn-tokens 64] [--seed 0] {CommonOptions.WeightsUsage} [--threads N]
+                   {CommonOptions.DeviceUsage} [--json]
           Without --carved, a copy of the dense model is carved in memory to --layout, calibrated on --calibration
           (or on random tokens when none is given: routing, not quality, is what speed depends on).
           --synthetic builds the named shape with random weights (tinyllama-4l: TinyLlama-1.1B's layer shape,
           4 layers, vocab 8192). Figures are medians over --repeats repetitions (dense and carved alternate
           first) after one warm-up; the FFN figures time layer --ffn-layer's FFN alone on its real inputs.
+          --weights stores both models' weights in that format (carving runs in fp32 first); the report gives the weight
+          bytes each decoded token reads, the bandwidth that achieves and the machine's probed read bandwidth.
+          --threads defaults to the machine's cores.
         """;
 
     public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose" };
@@ -48,8 +52,11 @@ internal sealed class BenchCommand : ICommand
         int seed = line.Int("seed", 0);
         bool json = line.Flag("json");
         var device = CommonOptions.Device(line);
-        int threads = CommonOptions.Threads(line, fallback: 1);
+        var weights = CommonOptions.Weights(line) ?? Modeling.Weights.WeightFormat.Fp32;
+        int threads = CommonOptions.Threads(line);
         line.RejectUnknown();
+        if (weights.Kind != Modeling.Weights.WeightKind.Fp32 && device.type != DeviceType.CPU)
+            throw new UsageException("--weights bf16|int8 are CPU inference formats; on CUDA leave --weights at fp32");
         if ((modelDir is null) == (synthetic is null))
             throw new UsageException("bench needs exactly one of --model <dense-hf-folder> or --synthetic <shape>");
         if (synthetic is not null && (carvedDir is not null || calibrationPath is not null))
@@ -103,6 +110,11 @@ internal sealed class BenchCommand : ICommand
             }
             source = Path.GetFullPath(modelDir!);
         }
+        if (weights.Kind != Modeling.Weights.WeightKind.Fp32)
+        {
+            Terminal.Info($"bench: storing both models' weights as {weights}");
+            (dense, carved) = (Converted(dense, weights), Converted(carved, weights));
+        }
         using var denseScope = dense;
         using var carvedScope = carved;
         var config0 = dense.Config;
@@ -116,6 +128,10 @@ internal sealed class BenchCommand : ICommand
         var (d, c) = InferenceBench.Run(dense, carved, settings, Terminal.Info, cancel);
 
         var machine = MachineFacts(threads, device);
+        double probe = device.type == DeviceType.CPU ? Modeling.Kernels.BandwidthProbe.ReadGBps(threads) : double.NaN;
+        machine["read_bandwidth_gb_per_s"] = double.IsNaN(probe) ? null : Math.Round(probe, 2);
+        long denseBytes = Modeling.Weights.DecodeTraffic.WeightBytesPerToken(dense), carvedBytes = Modeling.Weights.DecodeTraffic.WeightBytesPerToken(carved);
+        double denseGBps = denseBytes * d.DecodeTokensPerSecond / batch / 1e9, carvedGBps = carvedBytes * c.DecodeTokensPerSecond / batch / 1e9;
         var result = new JsonObject
         {
             ["machine"] = machine,
@@ -137,6 +153,11 @@ internal sealed class BenchCommand : ICommand
                 ["ideal_ffn_speedup"] = Math.Round(ideal, 4),
                 ["carve_seconds"] = Math.Round(carveSeconds, 2),
                 ["ffn_layer_load_max_over_mean"] = Math.Round(imbalance, 3),
+                ["weights"] = weights.ToString(),
+                ["dense_weight_bytes_per_token"] = denseBytes,
+                ["carved_weight_bytes_per_token"] = carvedBytes,
+                ["byte_count_ideal_decode_speedup"] = Math.Round((double)denseBytes / carvedBytes, 3),
+                ["router"] = "top-a (a fixed number of routed experts per token)",
             },
             ["settings"] = new JsonObject
             {
@@ -149,8 +170,8 @@ internal sealed class BenchCommand : ICommand
                 ["seed"] = seed,
                 ["statistic"] = "median",
             },
-            ["dense"] = SpeedJson(d),
-            ["carved"] = SpeedJson(c),
+            ["dense"] = SpeedJson(d, denseGBps, probe),
+            ["carved"] = SpeedJson(c, carvedGBps, probe),
             ["ratios"] = new JsonObject
             {
                 ["prefill_speedup"] = Math.Round(c.PrefillTokensPerSecond / d.PrefillTokensPerSecond, 3),
@@ -168,14 +189,16 @@ internal sealed class BenchCommand : ICommand
             Terminal.WriteJson(result);
             return 0;
         }
-        Console.WriteLine($"machine: {machine["processor"]}, {machine["logical_cores"]} logical cores, torch threads {threads}, {device}");
+        Console.WriteLine($"machine: {machine["processor"]}, {machine["logical_cores"]} logical cores, threads {threads}, {device}, read bandwidth probe {probe:F1} GB/s");
         Console.WriteLine($"model:   {source}, carved {layout} (ideal FFN speed-up e/(s+a) = {ideal:F2}x; layer {ffnLayer} load max/mean {imbalance:F2})");
+        Console.WriteLine($"weights: {weights}; weight bytes per decoded token: dense {denseBytes / 1e6:F2} MB, carved {carvedBytes / 1e6:F2} MB (byte-count ideal {(double)denseBytes / carvedBytes:F2}x)");
         Console.WriteLine($"run:     batch {batch}, prompt {promptTokens}, decode {decodeTokens}, medians of {repeats}");
         Console.WriteLine($"{"",-28}{"dense",12}{"carved",12}{"ratio",9}");
         void Row(string what, double dv, double cv, bool higherIsBetter, string format) =>
             Console.WriteLine($"{what,-28}{dv.ToString(format),12}{cv.ToString(format),12}{(higherIsBetter ? cv / dv : dv / cv),8:F2}x");
         Row("prefill tokens/s", d.PrefillTokensPerSecond, c.PrefillTokensPerSecond, true, "F1");
         Row("decode tokens/s", d.DecodeTokensPerSecond, c.DecodeTokensPerSecond, true, "F1");
+        Console.WriteLine($"{"decode weight GB/s",-28}{denseGBps,12:F1}{carvedGBps,12:F1}   ({denseGBps / probe:P0} / {carvedGBps / probe:P0} of the probed read bandwidth)");
         Row("FFN decode us/token", d.FfnDecodeMicrosPerToken, c.FfnDecodeMicrosPerToken, false, "F1");
         Row("FFN prefill us/token", d.FfnPrefillMicrosPerToken, c.FfnPrefillMicrosPerToken, false, "F2");
         Row("FFN decode, every expert on", d.FfnDecodeMicrosPerToken, c.FfnDecodeEveryExpertMicrosPerToken, false, "F1");
@@ -184,8 +207,15 @@ internal sealed class BenchCommand : ICommand
         return 0;
     }
 
-    private static JsonObject SpeedJson(ModelSpeed s) => new()
+    private static LlamaForCausalLM Converted(LlamaForCausalLM model, Modeling.Weights.WeightFormat weights)
     {
+        using (model) return Modeling.Weights.ModelConversion.Convert(model, weights);
+    }
+
+    private static JsonObject SpeedJson(ModelSpeed s, double weightGBps, double probe) => new()
+    {
+        ["decode_weight_gb_per_s"] = Math.Round(weightGBps, 2),
+        ["decode_fraction_of_read_bandwidth"] = double.IsNaN(probe) ? null : Math.Round(weightGBps / probe, 3),
         ["prefill_tokens_per_s"] = Math.Round(s.PrefillTokensPerSecond, 2),
         ["decode_tokens_per_s"] = Math.Round(s.DecodeTokensPerSecond, 2),
         ["decode_ms_per_token"] = Math.Round(s.DecodeMillisPerToken, 3),

@@ -8,6 +8,11 @@ internal static class CommonOptions
 {
     public const string ThreadsUsage = "[--threads N (0 = libtorch default)]";
     public const string DeviceUsage = "[--device auto|cpu|cuda] [--libtorch <dir>]";
+    public const string WeightsUsage = "[--weights fp32|bf16|int8|int8:32|int8:64|int8:128]";
+
+    /// <summary>The --weights format, or null when not given (the folder's recorded format, fp32 for Hugging Face folders).</summary>
+    public static Modeling.Weights.WeightFormat? Weights(CommandLine line) =>
+        line.Optional("weights") is { } name ? Modeling.Weights.WeightFormat.Parse(name) : null;
 
     /// <summary>Applies --threads and returns the thread count in force.</summary>
     public static int Threads(CommandLine line, int fallback = 0)

@@ -12,7 +12,7 @@ internal sealed class EvalCommand : ICommand
 
     public string Usage => $"""
         cmoe eval --model <hf-folder|carved-folder> --text <file> [--seq-len 512] [--max-windows 256]
-                  [--batch 4] {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage} [--json]
+                  [--batch 4] {CommonOptions.WeightsUsage} {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage} [--json]
           Token stream = BOS + encode(whole file as one document); consecutive non-overlapping windows of
           seq-len tokens from the start (last partial window dropped), at most max-windows of them;
           perplexity = exp(mean NLL of positions 1..seq-len-1 of each window).
@@ -29,13 +29,14 @@ internal sealed class EvalCommand : ICommand
         int batch = line.Int("batch", 4, min: 1);
         bool json = line.Flag("json");
         var device = CommonOptions.Device(line);
+        var weights = CommonOptions.Weights(line);
         int threads = CommonOptions.Threads(line);
         line.RejectUnknown();
 
         Modeling.LlamaConfig.Load(modelDir);   // fail on a bad model folder before reading anything else
         string text = CommonOptions.ReadText(textPath, "Evaluation");
         var tokenizer = TokenizerLoader.FromFolder(modelDir);
-        using var model = ModelFolder.Load(modelDir, device: device);
+        using var model = ModelFolder.Load(modelDir, weights, device);
         var stream = tokenizer.Encode(text, addBos: true);
         PerplexityResult result;
         using (var bar = Terminal.Progress("eval"))
@@ -52,13 +53,14 @@ internal sealed class EvalCommand : ICommand
                 ["model"] = Path.GetFullPath(modelDir),
                 ["threads"] = threads,
                 ["device"] = device.ToString(),
+                ["weights"] = model.Precision.Weights.ToString(),
                 ["text"] = Path.GetFullPath(textPath),
                 ["seq_len"] = seqLen,
             });
         }
         else
         {
-            Console.WriteLine($"perplexity {result.Perplexity:F2} over {result.Tokens} tokens ({result.Windows} windows of {seqLen}) in {result.Seconds:F1} s, {threads} threads, {device}");
+            Console.WriteLine($"perplexity {result.Perplexity:F2} over {result.Tokens} tokens ({result.Windows} windows of {seqLen}) in {result.Seconds:F1} s, {threads} threads, {device}, {model.Precision.Weights} weights");
         }
         return 0;
     }

@@ -11,17 +11,29 @@ public sealed class KvCache : IDisposable
     private readonly Tensor[] _keys;
     private readonly Tensor[] _values;
 
+    private readonly nint[] _keyPointers, _valuePointers;   // fp32 CPU buffers: their memory, for the managed decode kernels
+
     /// <summary>Allocates the cache for <paramref name="capacity"/> positions.</summary>
     public KvCache(LlamaConfig config, long batch, long capacity, Device device, ScalarType dtype)
     {
         Capacity = capacity;
         _keys = new Tensor[config.NumLayers];
         _values = new Tensor[config.NumLayers];
+        _keyPointers = new nint[config.NumLayers];
+        _valuePointers = new nint[config.NumLayers];
         for (int i = 0; i < config.NumLayers; i++)
         {
             _keys[i] = zeros([batch, config.NumKeyValueHeads, capacity, config.HeadDim], dtype: dtype, device: device);
             _values[i] = zeros([batch, config.NumKeyValueHeads, capacity, config.HeadDim], dtype: dtype, device: device);
         }
+        ManagedReadable = config.NumLayers == 0 || (dtype == ScalarType.Float32 && device.type == TorchSharp.DeviceType.CPU);
+        if (ManagedReadable)
+            for (int i = 0; i < config.NumLayers; i++)
+                unsafe
+                {
+                    _keyPointers[i] = (nint)DecodeKernels.Pointer(_keys[i]);
+                    _valuePointers[i] = (nint)DecodeKernels.Pointer(_values[i]);
+                }
     }
 
     /// <summary>Positions the cache can hold.</summary>
@@ -48,7 +60,10 @@ public sealed class KvCache : IDisposable
     }
 
     /// <summary>Whether the managed decode kernels can read and write the buffers (fp32, on the CPU).</summary>
-    internal bool ManagedReadable => _keys.Length == 0 || (_keys[0].dtype == ScalarType.Float32 && _keys[0].device_type == TorchSharp.DeviceType.CPU);
+    internal bool ManagedReadable { get; }
+
+    /// <summary>The memory of layer <paramref name="layer"/>'s key and value buffers [batch, kv_heads, capacity, head_dim] (when <see cref="ManagedReadable"/>).</summary>
+    internal (nint Keys, nint Values) Pointers(int layer) => (_keyPointers[layer], _valuePointers[layer]);
 
     /// <summary>The whole key and value buffers of <paramref name="layer"/>, [batch, kv_heads, capacity, head_dim] each (for in-place decode kernels).</summary>
     internal (Tensor Keys, Tensor Values) Buffers(int layer) => (_keys[layer], _values[layer]);

@@ -137,10 +137,10 @@ public sealed class LlamaAttention : nn.Module
     {
         int d = views.Qkv.Cols, rows = x.Length / d;
         cache.EnsureRoom(1);
-        var (keys, values) = cache.Buffers(layer);
+        var (keys, values) = cache.Pointers(layer);
+        float* kBase = (float*)keys, vBase = (float*)values;
         int past = (int)cache.Length, positions = past + 1, hd = _headDim, heads = _heads, kv = _kvHeads, group = heads / kv;
         long capacity = cache.Capacity;
-        float* kBase = DecodeKernels.Pointer(keys), vBase = DecodeKernels.Pointer(values);
         int width = (heads + 2 * kv) * hd;
         float[] scratch = System.Buffers.ArrayPool<float>.Shared.Rent(width + heads * hd + group * positions);
         try

@@ -82,9 +82,13 @@ public sealed class LlamaForCausalLM : nn.Module
     /// <summary>Rotary tables for positions [start, start + length), in the model's device and dtype.</summary>
     public (Tensor Cos, Tensor Sin) Rotary(long start, long length) => _rope.Get(start, length, Device, DType);
 
+    /// <summary>The fp32 rotary cos and sin of one position, [head_dim] each (the managed decode step).</summary>
+    internal void RotaryRow(long position, Span<float> cos, Span<float> sin) => _rope.CopyRow(position, cos, sin);
+
     /// <summary>Final hidden states (after the last RMSNorm): ids [b, t] -> [b, t, d].</summary>
     public Tensor Hidden(Tensor ids, KvCache? cache = null)
     {
+        if (cache is not null && DecodeStep.TryHidden(this, ids, cache) is { } stepped) return stepped;   // one token per sequence, managed
         using var scope = NewDisposeScope();
         long start = cache?.Length ?? 0;
         var (cos, sin) = Rotary(start, ids.shape[1]);
@@ -96,8 +100,23 @@ public sealed class LlamaForCausalLM : nn.Module
     }
 
     /// <summary>Logits from final hidden states: [b, t, d] -> [b, t, vocab].</summary>
-    public Tensor Logits(Tensor hidden) =>
-        lm_head is not null ? lm_head.forward(hidden) : model.Embeddings.Stored.Linear(hidden);
+    public Tensor Logits(Tensor hidden)
+    {
+        if (lm_head is not null) return lm_head.forward(hidden);
+        if (TiedManagedLogits(hidden) is { } logits) return logits;
+        return model.Embeddings.Stored.Linear(hidden);
+    }
+
+    /// <summary>Tied embeddings on the decode path: the table's rows as the lm_head matrix through the managed kernels; else null.</summary>
+    private Tensor? TiedManagedLogits(Tensor hidden)
+    {
+        if (!DecodeKernels.Qualifies(hidden, Config.HiddenSize, DecodeKernels.MaxTokens) || model.Embeddings.DecodeView() is not { } table) return null;
+        long[] shape = hidden.shape;
+        shape[^1] = Config.VocabSize;
+        var y = empty(shape, dtype: ScalarType.Float32);
+        Projection.Decode((table, 0), DecodeKernels.Floats(hidden), DecodeKernels.Floats(y));
+        return y;
+    }
 
     /// <summary>Next-token logits: ids [b, t] -> [b, t, vocab].</summary>
     public Tensor Forward(Tensor ids, KvCache? cache = null)

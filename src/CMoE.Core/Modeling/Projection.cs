@@ -74,8 +74,13 @@ public sealed class Projection : nn.Module<Tensor, Tensor>
     internal unsafe (MatrixView Weight, nint Bias)? Decodable()
     {
         if (!RawWeightsUsable || (weight.requires_grad && is_grad_enabled())) return null;
-        Tensor[] sources = bias is null ? [weight] : weight_scale is null ? [weight, bias] : [weight, weight_scale, bias];
-        if (bias is null && weight_scale is not null) sources = [weight, weight_scale];
+        Tensor[] sources = (weight_scale, bias) switch
+        {
+            (null, null) => [weight],
+            (null, { } b) => [weight, b],
+            ({ } s, null) => [weight, s],
+            ({ } s, { } b) => [weight, s, b],
+        };
         var view = _decoder.Get(sources, () =>
             MatrixView.Of(Stored) is { } w && (bias is null || DecodeKernels.Readable(bias))
                 ? new DecodeView(w, bias is null ? 0 : (nint)DecodeKernels.Pointer(bias))

@@ -46,11 +46,20 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     private Tensor? TryManagedForward(Tensor x)
     {
         long d = weight.shape[0];
-        if ((weight.requires_grad && is_grad_enabled()) || !DecodeKernels.Qualifies(x, d, DecodeKernels.MaxTokens) || !DecodeKernels.Readable(weight))
-            return null;
+        if (!Decodable || !DecodeKernels.Qualifies(x, d, DecodeKernels.MaxTokens)) return null;
         var y = empty(x.shape, dtype: ScalarType.Float32);
-        ReadOnlySpan<float> xs = DecodeKernels.Floats(x), w = DecodeKernels.Floats(weight);
-        var ys = DecodeKernels.Floats(y);
+        Decode(DecodeKernels.Floats(x), DecodeKernels.Floats(y));
+        return y;
+    }
+
+    /// <summary>Whether <see cref="Decode"/> may read the weight (fp32, CPU, no gradient wanted).</summary>
+    internal bool Decodable => !(weight.requires_grad && is_grad_enabled()) && DecodeKernels.Readable(weight);
+
+    /// <summary>y = RMSNorm(x) for each row of <paramref name="xs"/> [n * d] into <paramref name="ys"/> (in fp32, as the tensor path).</summary>
+    internal void Decode(ReadOnlySpan<float> xs, Span<float> ys)
+    {
+        long d = weight.shape[0];
+        ReadOnlySpan<float> w = DecodeKernels.Floats(weight);
         for (int t = 0; t < xs.Length / d; t++)
         {
             var row = xs.Slice(t * (int)d, (int)d);
@@ -59,6 +68,5 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
             TensorPrimitives.Multiply(row, r, output);
             TensorPrimitives.Multiply(output, w, output);
         }
-        return y;
     }
 }

@@ -32,7 +32,29 @@ public sealed class RotaryEmbedding : IDisposable
     {
         lock (_gate)
         {
-            long needed = start + length;
+            Grow(start + length);
+            Tensor cos = _cos!.narrow(0, start, length), sin = _sin!.narrow(0, start, length);
+            if (dtype == ScalarType.Float32 && device.type == TorchSharp.DeviceType.CPU) return (cos, sin);   // the tables' own dtype and device
+            using (cos) using (sin) return (cos.to(dtype, device), sin.to(dtype, device));
+        }
+    }
+
+    /// <summary>Copies the fp32 cos and sin of one <paramref name="position"/> ([head_dim] each) into the spans (the managed decode step).</summary>
+    public void CopyRow(long position, Span<float> cos, Span<float> sin)
+    {
+        lock (_gate)        // a concurrent Get may grow (replace) the tables
+        {
+            Grow(position + 1);
+            int d = cos.Length;
+            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(_cos!.bytes).Slice((int)(position * d), d).CopyTo(cos);
+            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(_sin!.bytes).Slice((int)(position * d), d).CopyTo(sin);
+        }
+    }
+
+    /// <summary>Makes the tables cover at least <paramref name="needed"/> positions (doubling); call under the lock.</summary>
+    private void Grow(long needed)
+    {
+        {
             if (_cos is null || _cos.shape[0] < needed)
             {
                 long size = Math.Max(needed, _cos is null ? 1024 : 2 * _cos.shape[0]);
@@ -45,9 +67,6 @@ public sealed class RotaryEmbedding : IDisposable
                 _cos = emb.cos().DetachFromDisposeScope();
                 _sin = emb.sin().DetachFromDisposeScope();
             }
-            Tensor cos = _cos.narrow(0, start, length), sin = _sin!.narrow(0, start, length);
-            if (dtype == ScalarType.Float32 && device.type == TorchSharp.DeviceType.CPU) return (cos, sin);   // the tables' own dtype and device
-            using (cos) using (sin) return (cos.to(dtype, device), sin.to(dtype, device));
         }
     }
 

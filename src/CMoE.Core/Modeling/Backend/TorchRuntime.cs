@@ -35,10 +35,14 @@ public static class TorchRuntime
     /// <summary>The libtorch folder CUDA was loaded from, or null.</summary>
     public static string? CudaLibTorchFolder => _cudaLibTorch;
 
-    /// <summary>Sets libtorch's intra-op thread count (0 keeps libtorch's default).</summary>
+    /// <summary>
+    /// Sets the thread count of libtorch's intra-op pool and of the managed kernels' persistent workers
+    /// (<see cref="Kernels.WorkerPool"/>); 0 keeps libtorch's default (the machine's cores) for both.
+    /// </summary>
     public static void SetThreads(int threads)
     {
         if (threads > 0) torch.set_num_threads(threads);
+        Kernels.WorkerPool.Configure(torch.get_num_threads());
     }
 
     /// <summary>The current intra-op thread count.</summary>

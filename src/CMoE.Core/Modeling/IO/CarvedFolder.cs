@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using CMoE.Modeling.MoE;
+using CMoE.Modeling.Weights;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -17,6 +18,11 @@ namespace CMoE.Modeling.IO;
 /// shared_neurons, expert_neurons, representatives).</item>
 /// <item>the tokenizer files of the source folder, copied unchanged.</item>
 /// </list>
+/// Weights are fp32 (format version 1, which every release reads) or, from version 2, in the format named by the
+/// <c>cmoe</c> section's <c>"weights"</c> (<c>"bf16"</c>: BF16 tensors under the same keys; <c>"int8"</c> / <c>"int8:G"</c>: every
+/// weight matrix as I8 values under its key plus F32 scales [..., rows, cols / G] under key + <c>_scale</c>, see
+/// <see cref="Weights.StoredWeight"/>); a reader older than version 2 refuses such a folder with "Upgrade CMoE.MLNet"
+/// instead of misreading int8 values as weights.
 /// The folder is written under a temporary name beside the target and moved into place, so an
 /// interrupted write leaves any previous output intact.
 /// </summary>
@@ -25,8 +31,11 @@ public static class CarvedFolder
     /// <summary>Format name in the <c>cmoe</c> section.</summary>
     public const string FormatName = "cmoe-carved";
 
-    /// <summary>Format version this library writes and reads.</summary>
-    public const int FormatVersion = 1;
+    /// <summary>The newest format version this library reads (and writes for low-bit weights; fp32 folders are written as version 1).</summary>
+    public const int FormatVersion = 2;
+
+    /// <summary>The version a folder with weights in <paramref name="weights"/> is written as.</summary>
+    public static int VersionFor(WeightFormat weights) => weights.Kind == WeightKind.Fp32 ? 1 : 2;
 
     /// <summary>Files copied from the source model folder when present.</summary>
     public static readonly IReadOnlyList<string> TokenizerFiles =
@@ -43,31 +52,39 @@ public static class CarvedFolder
     public static void Save(LlamaForCausalLM model, string sourceFolder, string outputFolder, string layout, JsonObject? carving = null,
         Action<string>? extraFiles = null)
     {
+        var weights = model.Precision.Weights;
+        if (model.Precision.Compute != ScalarType.Float32 && weights.Kind != WeightKind.Bf16)
+            throw new InvalidOperationException($"A model computing in {model.Precision.Compute} over {weights} weights cannot be saved as a carved folder.");
         var blocks = model.Model.Layers.Select(l => l.Mlp as MoeBlock).ToList();
         if (blocks.Any(b => b is null))
             throw new InvalidOperationException("Every layer must be carved before the model is saved as a carved folder.");
         var shape = blocks[0]!.Shape;
         AtomicFolder.Write(outputFolder, tmp =>
         {
-            WriteConfigAndTokenizer(tmp, sourceFolder, shape, layout, carving);
+            WriteConfigAndTokenizer(tmp, sourceFolder, shape, layout, carving, weights);
             var tensors = model.state_dict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)).ToList();
-            SafeTensorsWriter.Write(Path.Combine(tmp, "model.safetensors"), tensors, WeightsMetadata);
+            SafeTensorsWriter.Write(Path.Combine(tmp, "model.safetensors"), tensors, WeightsMetadataFor(weights));
             extraFiles?.Invoke(tmp);
         });
     }
 
-    /// <summary>The <c>__metadata__</c> of a carved folder's model.safetensors.</summary>
-    internal static IReadOnlyDictionary<string, string> WeightsMetadata { get; } =
-        new Dictionary<string, string> { ["format"] = "pt", ["cmoe_format"] = $"{FormatName}/{FormatVersion}" };
+    /// <summary>The <c>__metadata__</c> of an fp32 carved folder's model.safetensors.</summary>
+    internal static IReadOnlyDictionary<string, string> WeightsMetadata { get; } = WeightsMetadataFor(WeightFormat.Fp32);
+
+    /// <summary>The <c>__metadata__</c> of a carved folder's model.safetensors with weights in <paramref name="weights"/>.</summary>
+    internal static IReadOnlyDictionary<string, string> WeightsMetadataFor(WeightFormat weights) =>
+        new Dictionary<string, string> { ["format"] = "pt", ["cmoe_format"] = $"{FormatName}/{VersionFor(weights)}", ["cmoe_weights"] = weights.ToString() };
 
     /// <summary>Writes config.json (the source's keys plus the <c>cmoe</c> section) and copies the tokenizer files into <paramref name="folder"/>.</summary>
-    internal static void WriteConfigAndTokenizer(string folder, string sourceFolder, MoeShape shape, string layout, JsonObject? carving)
+    internal static void WriteConfigAndTokenizer(string folder, string sourceFolder, MoeShape shape, string layout, JsonObject? carving,
+        WeightFormat? weights = null)
     {
+        weights ??= WeightFormat.Fp32;
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(sourceFolder, "config.json")))!.AsObject();
         config["cmoe"] = new JsonObject
         {
             ["format"] = FormatName,
-            ["version"] = FormatVersion,
+            ["version"] = VersionFor(weights),
             ["layout"] = layout,
             ["hidden_size"] = shape.Hidden,
             ["shared_size"] = shape.SharedSize,
@@ -77,8 +94,10 @@ public static class CarvedFolder
             ["active_ffn_fraction"] = shape.ActiveFraction,
             ["carving"] = carving?.DeepClone(),
         };
-        config["torch_dtype"] = "float32";
-        if (config.ContainsKey("dtype")) config["dtype"] = "float32";
+        if (weights.Kind != WeightKind.Fp32) config["cmoe"]!["weights"] = weights.ToString();
+        string dtype = weights.Kind == WeightKind.Bf16 ? "bfloat16" : "float32";
+        config["torch_dtype"] = dtype;
+        if (config.ContainsKey("dtype")) config["dtype"] = dtype;
         File.WriteAllText(Path.Combine(folder, "config.json"), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         foreach (var file in TokenizerFiles)
         {
@@ -88,18 +107,42 @@ public static class CarvedFolder
     }
 
     /// <summary>
-    /// The <see cref="CheckpointLoader.Load"/> hook for carved folders: replaces every dense FFN by an
-    /// empty <see cref="MoeBlock"/> of the recorded shape so the weights load into it. Dense configs pass through.
+    /// The weight format a config.json records (a version-2 carved folder's <c>cmoe.weights</c>), else fp32.
     /// </summary>
-    public static void Configure(LlamaForCausalLM model, JsonObject config)
+    /// <exception cref="CMoEFormatException">The section is from a newer or foreign writer, or names an unknown format.</exception>
+    public static WeightFormat RecordedWeights(JsonObject config)
     {
-        if (config["cmoe"] is not JsonObject cmoe) return;
+        if (config["cmoe"] is not JsonObject cmoe) return WeightFormat.Fp32;
+        CheckFormat(cmoe);
+        if (cmoe["weights"] is not { } recorded) return WeightFormat.Fp32;
+        try
+        {
+            return WeightFormat.Parse(recorded.GetValue<string>());
+        }
+        catch (ArgumentException e)
+        {
+            throw new CMoEFormatException($"config.json's cmoe section records weights '{recorded}', which this CMoE.MLNet does not know ({e.Message}). Upgrade CMoE.MLNet, or re-carve the model.", e);
+        }
+    }
+
+    private static void CheckFormat(JsonObject cmoe)
+    {
         string format = cmoe["format"]?.GetValue<string>() ?? "";
         int version = cmoe["version"]?.GetValue<int>() ?? 0;
         if (format != FormatName)
             throw new CMoEFormatException($"config.json's cmoe section has format '{format}', expected '{FormatName}'. The folder was not written by CMoE.MLNet.");
         if (version > FormatVersion)
             throw new CMoEFormatException($"The carved folder has format version {version}; this CMoE.MLNet reads up to {FormatVersion}. Upgrade CMoE.MLNet.");
+    }
+
+    /// <summary>
+    /// The <c>CheckpointLoader.Load</c> hook for carved folders: replaces every dense FFN by an
+    /// empty <see cref="MoeBlock"/> of the recorded shape so the weights load into it. Dense configs pass through.
+    /// </summary>
+    public static void Configure(LlamaForCausalLM model, JsonObject config)
+    {
+        if (config["cmoe"] is not JsonObject cmoe) return;
+        CheckFormat(cmoe);
         MoeShape shape;
         try
         {

@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using TorchSharp;
+using CMoE.Modeling.Weights;
 using static TorchSharp.torch;
 
 namespace CMoE.Modeling.IO;
@@ -13,11 +14,19 @@ public static class CheckpointLoader
 {
     /// <summary>Reads the config, builds the model on the CPU, loads every weight, then moves it to <paramref name="device"/>.</summary>
     /// <param name="folder">The model folder.</param>
-    /// <param name="dtype">Compute dtype (fp32 by default).</param>
+    /// <param name="dtype">Compute dtype (fp32 by default); the weights are stored in it too.</param>
     /// <param name="device">Target device; CPU when null.</param>
     /// <param name="configure">Called after the dense skeleton is built and before weights are loaded,
     /// to reshape it (e.g. replace FFNs by carved MoE blocks described in config.json).</param>
     public static LlamaForCausalLM Load(string folder, ScalarType dtype = ScalarType.Float32, Device? device = null,
+        Action<LlamaForCausalLM, JsonObject>? configure = null) => Load(folder, Precision.Of(dtype), device, configure);
+
+    /// <summary>
+    /// Reads the config, builds the model on the CPU in <paramref name="precision"/> (null: fp32 activations over the weight
+    /// format the folder records, fp32 when it records none), loads every weight (converting or quantizing tensor by tensor),
+    /// then moves it to <paramref name="device"/>.
+    /// </summary>
+    public static LlamaForCausalLM Load(string folder, Precision? precision, Device? device = null,
         Action<LlamaForCausalLM, JsonObject>? configure = null)
     {
         if (!Directory.Exists(folder))
@@ -25,7 +34,8 @@ public static class CheckpointLoader
         var config = LlamaConfig.Load(folder);
         string configPath = Path.Combine(folder, "config.json");
         var raw = FormatGuard.Run(configPath, "Fix or re-download config.json.", () => JsonNode.Parse(File.ReadAllText(configPath, FormatGuard.StrictUtf8))!.AsObject());
-        var model = new LlamaForCausalLM(config, dtype);
+        precision ??= Precision.Inference(FormatGuard.Run(configPath, "Re-create the folder with cmoe carve, or restore its config.json.", () => CarvedFolder.RecordedWeights(raw)));
+        var model = new LlamaForCausalLM(config, precision);
         try
         {
             if (configure is not null)
@@ -128,13 +138,28 @@ internal sealed class WeightSet : IDisposable
         return file.Load(name, dtype);
     }
 
-    /// <summary>Copies every parameter and buffer of <paramref name="module"/> from tensors named <paramref name="prefix"/> + its key.</summary>
+    /// <summary>
+    /// Copies every parameter and buffer of <paramref name="module"/> from tensors named <paramref name="prefix"/> + its key. Weight
+    /// matrices are filled in the module's storage format one tensor at a time (converted, or quantized to int8 while loading, so
+    /// the peak is about the stored size plus one tensor); stored int8 weights (a low-bit folder) are copied as they are when the
+    /// groups match, else dequantized and stored again.
+    /// </summary>
     public void LoadInto(nn.Module module, string prefix)
     {
         var missing = new List<string>();
         using var noGrad = no_grad();
+        var handled = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (key, weight) in StoredWeights.Of(module))
+        {
+            handled.Add(key);
+            handled.Add(key + StoredWeights.ScaleSuffix);
+            string name = prefix + key;
+            if (!_where.ContainsKey(name)) { missing.Add(name); continue; }
+            LoadWeight(name, weight);
+        }
         foreach (var (key, target) in module.state_dict())
         {
+            if (handled.Contains(key)) continue;
             string name = prefix + key;
             if (!_where.ContainsKey(name)) { missing.Add(name); continue; }
             using var value = Load(name, target.dtype, target.shape);
@@ -144,6 +169,33 @@ internal sealed class WeightSet : IDisposable
             throw new CMoEFormatException(
                 $"'{Folder}' lacks {missing.Count} tensor(s) the architecture needs, e.g. {string.Join(", ", missing.Take(3))}. The checkpoint does not match config.json (tie_word_embeddings? architecture?).");
     }
+
+    /// <summary>Fills one stored weight from tensor <paramref name="name"/> (and its scales when the file holds int8 values).</summary>
+    private void LoadWeight(string name, StoredWeight weight)
+    {
+        using var scope = NewDisposeScope();
+        string scaleName = name + StoredWeights.ScaleSuffix;
+        var stored = _where[name].Tensors[name];
+        if (stored.DType == "I8")
+        {
+            if (!_where.TryGetValue(scaleName, out var scaleFile))
+                throw new CMoEFormatException($"'{Folder}' holds int8 values for '{name}' but not their scales '{scaleName}'. The folder is incomplete: write it again.");
+            var values = Load(name, ScalarType.Int8, weight.Values.shape);
+            var scaleInfo = scaleFile.Tensors[scaleName];
+            var scales = scaleFile.Load(scaleName, ScalarType.Float32);
+            if (scaleInfo.Shape.Length != values.dim() || scaleInfo.Shape[^1] < 1 || values.shape[^1] % scaleInfo.Shape[^1] != 0
+                || !scaleInfo.Shape[..^1].SequenceEqual(values.shape[..^1]))
+                throw new CMoEFormatException($"'{scaleFile.Path}': the scales '{scaleName}' [{string.Join(",", scaleInfo.Shape)}] do not fit the int8 values [{string.Join(",", values.shape)}]. The folder is corrupt: write it again.");
+            if (weight.Scales is not null && weight.Scales.shape.SequenceEqual(scales.shape)) weight.AssignQuantized(values, scales);
+            else weight.Assign(Int8Quantizer.Dequantize(values, scales, ScalarType.Float32));
+            return;
+        }
+        var source = Load(name, weight.Scales is null ? weight.Values.dtype : ToFloat(stored.DType), weight.Values.shape);
+        weight.Assign(source);
+    }
+
+    /// <summary>The float type to read a stored float tensor in before quantizing it (its own type: bf16 stays bf16).</summary>
+    private static ScalarType ToFloat(string dtype) => dtype is "BF16" or "F16" or "F32" or "F64" ? SafeTensorsFile.ToScalarType(dtype) : ScalarType.Float32;
 
     /// <summary>Closes the files.</summary>
     public void Dispose()

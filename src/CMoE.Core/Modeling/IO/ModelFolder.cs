@@ -1,3 +1,4 @@
+using CMoE.Modeling.Weights;
 using static TorchSharp.torch;
 
 namespace CMoE.Modeling.IO;
@@ -8,9 +9,17 @@ namespace CMoE.Modeling.IO;
 /// </summary>
 public static class ModelFolder
 {
-    /// <summary>Loads the folder's model in <paramref name="dtype"/> onto <paramref name="device"/> (CPU when null).</summary>
-    public static LlamaForCausalLM Load(string folder, ScalarType dtype = ScalarType.Float32, Device? device = null) =>
+    /// <summary>Loads the folder's model in <paramref name="dtype"/> (activations and weights) onto <paramref name="device"/> (CPU when null).</summary>
+    public static LlamaForCausalLM Load(string folder, ScalarType dtype, Device? device = null) =>
         CheckpointLoader.Load(folder, dtype, device, CarvedFolder.Configure);
+
+    /// <summary>
+    /// Loads the folder's model with fp32 activations and weights in <paramref name="weights"/> (null: the format the folder
+    /// records, fp32 for Hugging Face folders) onto <paramref name="device"/> (CPU when null). int8 weights are quantized
+    /// tensor by tensor while loading.
+    /// </summary>
+    public static LlamaForCausalLM Load(string folder, WeightFormat? weights = null, Device? device = null) =>
+        CheckpointLoader.Load(folder, weights is null ? null : Precision.Inference(weights), device, CarvedFolder.Configure);
 
     /// <summary>Whether the folder holds a carved model (its config.json has a <c>cmoe</c> section).</summary>
     public static bool IsCarved(string folder)

@@ -17,11 +17,11 @@ internal static unsafe class Bf16Rows
     public static void Run(ushort* w, int start, int end, int cols, float* x, float* y, bool accumulate, float scale)
     {
         var path = KernelPaths.Bf16;
-        int i = start;
+        int i = start, ahead = KernelMath.PrefetchRows(2L * cols);
         for (; i + 4 <= end; i += 4)
         {
             ushort* r = w + (long)i * cols;
-            if (i + 8 <= end) KernelMath.Prefetch(r + 4L * cols, 8L * cols);
+            if (i + ahead + 4 <= end) KernelMath.Prefetch(r + (long)ahead * cols, 8L * cols);
             Dot4(path, r, r + cols, r + 2 * cols, r + 3 * cols, x, cols, out float d0, out float d1, out float d2, out float d3);
             KernelMath.Store(y, i, d0, accumulate, scale);
             KernelMath.Store(y, i + 1, d1, accumulate, scale);

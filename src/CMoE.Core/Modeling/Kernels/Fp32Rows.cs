@@ -15,11 +15,11 @@ internal static unsafe class Fp32Rows
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(float* w, int start, int end, int cols, float* x, float* y, bool accumulate, float scale)
     {
-        int i = start;
+        int i = start, ahead = KernelMath.PrefetchRows(4L * cols);
         for (; i + 4 <= end; i += 4)
         {
             float* r = w + (long)i * cols;
-            if (i + 8 <= end) KernelMath.Prefetch(r + 4L * cols, 16L * cols);             // the next four rows, while these compute
+            if (i + ahead + 4 <= end) KernelMath.Prefetch(r + (long)ahead * cols, 16L * cols);   // four rows ~64 KB ahead, while these compute
             Dot4(r, r + cols, r + 2 * cols, r + 3 * cols, x, cols, out float d0, out float d1, out float d2, out float d3);
             KernelMath.Store(y, i, d0, accumulate, scale);
             KernelMath.Store(y, i + 1, d1, accumulate, scale);

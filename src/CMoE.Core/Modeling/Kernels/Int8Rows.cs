@@ -23,12 +23,12 @@ internal static unsafe class Int8Rows
         var path = KernelPaths.Int8;
         int cols = w.Cols, groups = cols / w.Group;
         sbyte* values = (sbyte*)w.Values;
-        int i = start;
+        int i = start, ahead = KernelMath.PrefetchRows(cols);
         for (; i + 4 <= end; i += 4)
         {
             sbyte* r = values + (long)i * cols;
             float* s = w.Scales + (long)i * groups;
-            if (i + 8 <= end) KernelMath.Prefetch(r + 4L * cols, 4L * cols);
+            if (i + ahead + 4 <= end) KernelMath.Prefetch(r + (long)ahead * cols, 4L * cols);
             Dot4(path, r, cols, s, groups, x, out float d0, out float d1, out float d2, out float d3);
             KernelMath.Store(y, i, d0, accumulate, scale);
             KernelMath.Store(y, i + 1, d1, accumulate, scale);
@@ -82,31 +82,58 @@ internal static unsafe class Int8Rows
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<sbyte> Signed(sbyte* w, Vector256<sbyte> m) => (Vector256.Load(w) ^ m) - m;
 
+    /// <summary>
+    /// VNNI with offset weights: vpdpbusd multiplies unsigned by signed bytes, so the weight byte is read as w + 128
+    /// (w XOR 0x80) against the signed q_x; the group's dot product is then the sum over lanes minus 128 * sum(q_x), taken
+    /// as 16 * sum(q_x) from each of the 8 lanes (<see cref="QuantizedVector.Offsets"/>). One XOR per 32 weight bytes instead
+    /// of moving signs, and two accumulators per row so consecutive products do not wait on each other.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Vnni4(sbyte* r, int stride, float* s, int groups, in QuantizedVector x,
         out float d0, out float d1, out float d2, out float d3)
     {
         int group = x.Group;
-        byte* xa = x.Abs;
-        sbyte* xn = x.Negative;
+        sbyte* xq = x.Signed;
+        var flip = Vector256.Create((byte)0x80);
         Vector256<float> f0 = default, f1 = default, f2 = default, f3 = default;
+        byte* r0 = (byte*)r, r1 = r0 + stride, r2 = r1 + stride, r3 = r2 + stride;
         for (int g = 0, off = 0; g < groups; g++)
         {
             Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
-            for (int end = off + group; off < end; off += 32)
+            int end = off + group;
+            if (group >= 64)
             {
-                var a = Vector256.Load(xa + off);
-                var m = Vector256.Load(xn + off);
-                i0 = AvxVnni.MultiplyWideningAndAdd(i0, a, Signed(r + off, m));
-                i1 = AvxVnni.MultiplyWideningAndAdd(i1, a, Signed(r + stride + off, m));
-                i2 = AvxVnni.MultiplyWideningAndAdd(i2, a, Signed(r + 2 * stride + off, m));
-                i3 = AvxVnni.MultiplyWideningAndAdd(i3, a, Signed(r + 3 * stride + off, m));
+                Vector256<int> j0 = default, j1 = default, j2 = default, j3 = default;
+                for (; off < end; off += 64)
+                {
+                    var a = Vector256.Load(xq + off);
+                    var b = Vector256.Load(xq + off + 32);
+                    i0 = AvxVnni.MultiplyWideningAndAdd(i0, Vector256.Load(r0 + off) ^ flip, a);
+                    i1 = AvxVnni.MultiplyWideningAndAdd(i1, Vector256.Load(r1 + off) ^ flip, a);
+                    i2 = AvxVnni.MultiplyWideningAndAdd(i2, Vector256.Load(r2 + off) ^ flip, a);
+                    i3 = AvxVnni.MultiplyWideningAndAdd(i3, Vector256.Load(r3 + off) ^ flip, a);
+                    j0 = AvxVnni.MultiplyWideningAndAdd(j0, Vector256.Load(r0 + off + 32) ^ flip, b);
+                    j1 = AvxVnni.MultiplyWideningAndAdd(j1, Vector256.Load(r1 + off + 32) ^ flip, b);
+                    j2 = AvxVnni.MultiplyWideningAndAdd(j2, Vector256.Load(r2 + off + 32) ^ flip, b);
+                    j3 = AvxVnni.MultiplyWideningAndAdd(j3, Vector256.Load(r3 + off + 32) ^ flip, b);
+                }
+                (i0, i1, i2, i3) = (i0 + j0, i1 + j1, i2 + j2, i3 + j3);
             }
+            else
+            {
+                var a = Vector256.Load(xq + off);
+                i0 = AvxVnni.MultiplyWideningAndAdd(i0, Vector256.Load(r0 + off) ^ flip, a);
+                i1 = AvxVnni.MultiplyWideningAndAdd(i1, Vector256.Load(r1 + off) ^ flip, a);
+                i2 = AvxVnni.MultiplyWideningAndAdd(i2, Vector256.Load(r2 + off) ^ flip, a);
+                i3 = AvxVnni.MultiplyWideningAndAdd(i3, Vector256.Load(r3 + off) ^ flip, a);
+                off = end;
+            }
+            var offset = Vector256.Create(x.Offsets[g]);
             float sx = x.Scales[g];
-            f0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i0), Vector256.Create(s[g] * sx), f0);
-            f1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i1), Vector256.Create(s[groups + g] * sx), f1);
-            f2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i2), Vector256.Create(s[2 * groups + g] * sx), f2);
-            f3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i3), Vector256.Create(s[3 * groups + g] * sx), f3);
+            f0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i0 - offset), Vector256.Create(s[g] * sx), f0);
+            f1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i1 - offset), Vector256.Create(s[groups + g] * sx), f1);
+            f2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i2 - offset), Vector256.Create(s[2 * groups + g] * sx), f2);
+            f3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i3 - offset), Vector256.Create(s[3 * groups + g] * sx), f3);
         }
         (d0, d1, d2, d3) = (Vector256.Sum(f0), Vector256.Sum(f1), Vector256.Sum(f2), Vector256.Sum(f3));
     }

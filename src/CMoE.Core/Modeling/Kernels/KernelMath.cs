@@ -16,6 +16,11 @@ internal static unsafe class KernelMath
         for (long o = 0; o < bytes; o += 64) Sse.Prefetch0(b + o);
     }
 
+    /// <summary>How far ahead (in rows, a multiple of four, at least four) the row kernels prefetch: about 64 KB of weights, so
+    /// memory latency is hidden whatever the bytes per row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int PrefetchRows(long rowBytes) => (int)Math.Clamp(((65536 / Math.Max(rowBytes, 1)) + 3) & ~3L, 4, 64);
+
     /// <summary>y[i] = dot, or y[i] += scale * dot.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Store(float* y, int i, float dot, bool accumulate, float scale) => y[i] = accumulate ? y[i] + scale * dot : dot;

@@ -6,18 +6,48 @@ namespace CMoE.Modeling.Kernels;
 
 /// <summary>
 /// y = x W^T (+ b) for a <see cref="StoredWeight"/> in any format, on the tensor paths (prefill, training, other devices):
-/// weights in the activations' dtype go straight to libtorch (differentiable); low-bit weights are converted or
-/// dequantized to the activations' dtype first.
+/// weights in the activations' dtype go straight to libtorch (differentiable); int8 weights with fp32 activations on the CPU
+/// take the managed int8 kernels (<see cref="Int8Gemm"/>, or <see cref="MatVec"/> for a few tokens); other low-bit cases are
+/// converted or dequantized to the activations' dtype first (bf16 weights: one upcast, then libtorch's fp32 GEMM).
 /// </summary>
 internal static class WeightKernels
 {
+    /// <summary>Token counts up to this take one matrix-vector product per token instead of the int8 GEMM.</summary>
+    private const int MatVecTokens = 4;
+
     /// <summary>x [..., in] -> [..., out].</summary>
     public static Tensor Linear(Tensor x, StoredWeight w, Tensor? bias)
     {
         if (w.Scales is null && w.Values.dtype == x.dtype) return F.linear(x, w.Values, bias);
-        if (x.requires_grad && is_grad_enabled() && w.Format.Kind == WeightKind.Int8)
+        bool grad = x.requires_grad && is_grad_enabled();
+        if (grad && w.Format.Kind == WeightKind.Int8)
             throw new InvalidOperationException("int8 weights are for inference; fine-tune a model loaded with fp32 or bf16 weights.");
+        if (!grad && w.Format.Kind == WeightKind.Int8 && ManagedInt8(x, w, bias) is { } y) return y;
         using var dense = w.Dense(x.dtype);
         return F.linear(x, dense, bias);
+    }
+
+    /// <summary>int8 weights, fp32 activations on the CPU: the managed kernels into a fresh tensor; null where they do not apply.</summary>
+    private static unsafe Tensor? ManagedInt8(Tensor x, StoredWeight w, Tensor? bias)
+    {
+        if (x.dtype != ScalarType.Float32 || x.device_type != TorchSharp.DeviceType.CPU || MatrixView.Of(w) is not { } view) return null;
+        if (bias is not null && (bias.dtype != ScalarType.Float32 || bias.device_type != TorchSharp.DeviceType.CPU)) return null;
+        using var scope = NewDisposeScope();
+        var input = x.contiguous();
+        long tokens = input.numel() / view.Cols;
+        if (tokens == 0 || tokens > int.MaxValue) return null;
+        long[] shape = x.shape;
+        shape[^1] = view.Rows;
+        var y = empty(shape, dtype: ScalarType.Float32);
+        var xs = DecodeKernels.Floats(input);
+        var ys = DecodeKernels.Floats(y);
+        if (tokens <= MatVecTokens)
+            for (int t = 0; t < tokens; t++) MatVec.Run(view, xs.Slice(t * view.Cols, view.Cols), ys.Slice(t * view.Rows, view.Rows));
+        else
+            fixed (float* xp = xs)
+            fixed (float* yp = ys)
+                Int8Gemm.Run(view, xp, (int)tokens, yp, view.Rows);
+        if (bias is not null) y.add_(bias, Scalars.One);
+        return y.MoveToOuterDisposeScope();
     }
 }

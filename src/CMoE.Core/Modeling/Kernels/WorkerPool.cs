@@ -139,6 +139,6 @@ internal sealed unsafe class WorkerPool
     private void Stop()
     {
         _stop = true;
-        _wake.Release(_workers.Length);
+        if (_workers.Length > 0) _wake.Release(_workers.Length);
     }
 }

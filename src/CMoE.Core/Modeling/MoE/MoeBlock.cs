@@ -131,14 +131,18 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
     /// </summary>
     internal Tensor? TryManagedForward(Tensor x)
     {
-        if (RecordLoad || !experts.RawWeightsUsable || (shared_expert is not null && shared_expert.FusedGateUp is null)) return null;
-        if (!DecodeKernels.Qualifies(x, Shape.Hidden, FastPathMaxTokens) || Decoder() is not { } decoder) return null;
+        if (!DecodeKernels.Qualifies(x, Shape.Hidden, FastPathMaxTokens) || Decodable() is not { } decoder) return null;
         var y = empty(x.shape, dtype: ScalarType.Float32);
         decoder.Forward(DecodeKernels.Floats(x), DecodeKernels.Floats(y), Math.Min(ActiveExperts, Shape.RoutedExperts));
         return y;
     }
 
-    private ManagedMoeDecoder? Decoder() => _decoder.Get(ManagedMoeDecoder.Sources(this), () => ManagedMoeDecoder.TryCreate(this));
+    /// <summary>The managed decoder of this block, or null when it does not apply (load recording, training, adapters, other devices).</summary>
+    internal ManagedMoeDecoder? Decodable()
+    {
+        if (RecordLoad || !experts.RawWeightsUsable || (shared_expert is not null && shared_expert.FusedGateUp is null)) return null;
+        return _decoder.Get(ManagedMoeDecoder.Sources(this), () => ManagedMoeDecoder.TryCreate(this));
+    }
 
     /// <summary>The reference path: y = E_shared(x) + sum_j g_j E_j(x), tokens grouped per expert. x [n, d] -> [n, d].</summary>
     internal Tensor GroupedForward(Tensor tokens, int active)
