@@ -9,11 +9,12 @@ internal sealed class SynthCommand : ICommand
     public string Summary => "write a random-weight model folder of a named shape (for memory/speed tests)";
 
     public string Usage => $"""
-        cmoe synth --shape {string.Join("|", SyntheticModels.Shapes.Keys)} --out <folder> [--seed 0]
+        cmoe synth --shape {string.Join("|", SyntheticModels.Shapes.Keys)} --out <folder> [--seed 0] [--dtype fp32|bf16]
                    [--tokenizer <folder with tokenizer files>] [--json]
-          Writes config.json and model.safetensors (fp32, N(0, 0.02) weights, unit norms) one tensor at a time,
+          Writes config.json and model.safetensors (fp32 or bf16, N(0, 0.02) weights, unit norms) one tensor at a time,
           plus the tokenizer files of --tokenizer (default: the embedded models/tinyref-llama), so `cmoe carve`
-          can calibrate on any text. tinyllama-1.1b is TinyLlama-1.1B's full shape (4.4 GB).
+          can calibrate on any text. tinyllama-1.1b is TinyLlama-1.1B's full shape (4.4 GB in fp32);
+          llama2-7b is Llama-2-7B's (13.5 GB in bf16).
         """;
 
     public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose" };
@@ -23,12 +24,18 @@ internal sealed class SynthCommand : ICommand
         var config = SyntheticModels.Get(line.Required("shape", "name"));
         string outDir = line.Required("out", "folder");
         int seed = line.Int("seed", 0);
+        var dtype = (line.Optional("dtype") ?? "fp32") switch
+        {
+            "fp32" => TorchSharp.torch.ScalarType.Float32,
+            "bf16" => TorchSharp.torch.ScalarType.BFloat16,
+            var other => throw new UsageException($"--dtype must be fp32 or bf16 (got '{other}')"),
+        };
         string tokenizer = line.Optional("tokenizer") ?? EmbeddedModel();
         bool json = line.Flag("json");
         CommonOptions.Threads(line);
         line.RejectUnknown();
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        SyntheticModels.WriteFolder(config, outDir, seed, tokenizer);
+        SyntheticModels.WriteFolder(config, outDir, seed, tokenizer, dtype);
         long bytes = new FileInfo(Path.Combine(outDir, "model.safetensors")).Length;
         if (json)
             Terminal.WriteJson(new JsonObject { ["out"] = Path.GetFullPath(outDir), ["bytes"] = bytes, ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 1), ["peak_rss_mb"] = ProcessMemory.PeakRssMb() });

@@ -93,42 +93,4 @@ internal static unsafe class DecodeKernels
             v[i + half] = b * cos[i + half] + a * sin[i + half];
         }
     }
-
-    /// <summary>
-    /// The query heads of one KV group against the group's cached keys and values: for each head h,
-    /// out_h = softmax(K q_h / sqrt(head_dim)) V, with K and V row-major [positions, head_dim]. One pass over K and one
-    /// over V serve every head of the group. <paramref name="q"/> and <paramref name="output"/> hold the heads side by
-    /// side ([heads * head_dim]); <paramref name="scores"/> needs heads * positions floats.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]   // hot numeric loop: fully optimised from the first call
-    public static void AttendGroup(ReadOnlySpan<float> q, int heads, float* keys, float* values, int positions, Span<float> output, Span<float> scores)
-    {
-        int hd = q.Length / heads;
-        float scale = 1f / MathF.Sqrt(hd);
-        fixed (float* sp = scores)
-        fixed (float* op = output)
-        {
-            for (int h = 0; h < heads; h++)
-            {
-                var s = scores.Slice(h * positions, positions);
-                fixed (float* qh = q.Slice(h * hd, hd)) Fp32Rows.Run(keys, 0, positions, hd, qh, sp + h * positions, false, 1f); // K q_h (the group's K stays in cache)
-                TensorPrimitives.Multiply(s, scale, s);
-                TensorPrimitives.Subtract(s, TensorPrimitives.Max<float>(s), s);          // softmax, shifted by its max
-                TensorPrimitives.Exp(s, s);
-                TensorPrimitives.Multiply(s, 1f / TensorPrimitives.Sum<float>(s), s);
-            }
-            output[..(heads * hd)].Clear();
-            for (int h = 0; h < heads; h++)                                                // out_h = V^T p_h, four positions a pass
-            {
-                float* sh = sp + h * positions, oh = op + h * hd;
-                int p = 0;
-                for (; p + 4 <= positions; p += 4)
-                {
-                    float* v = values + (long)p * hd;
-                    KernelMath.AddScaled4(sh[p], sh[p + 1], sh[p + 2], sh[p + 3], v, v + hd, v + 2 * hd, v + 3 * hd, oh, hd);
-                }
-                for (; p < positions; p++) KernelMath.AddScaled(sh[p], values + (long)p * hd, oh, hd);
-            }
-        }
-    }
 }

@@ -138,38 +138,67 @@ public sealed class LlamaAttention : nn.Module
         int d = views.Qkv.Cols, rows = x.Length / d;
         cache.EnsureRoom(1);
         var (keys, values) = cache.Pointers(layer);
-        float* kBase = (float*)keys, vBase = (float*)values;
-        int past = (int)cache.Length, positions = past + 1, hd = _headDim, heads = _heads, kv = _kvHeads, group = heads / kv;
-        long capacity = cache.Capacity;
+        int past = (int)cache.Length, hd = _headDim, heads = _heads, kv = _kvHeads;
         int width = (heads + 2 * kv) * hd;
-        float[] scratch = System.Buffers.ArrayPool<float>.Shared.Rent(width + heads * hd + group * positions);
+        var job = new AttendJob
+        {
+            Keys = (float*)keys, Values = (float*)values, Capacity = cache.Capacity, Positions = past + 1,
+            HeadDim = hd, Heads = heads, KvHeads = kv, Width = width, ScoreFloats = AttentionCore.ScratchFloats(heads / kv, past + 1),
+        };
+        int floats = rows * (width + heads * hd) + rows * kv * job.ScoreFloats;
+        float[] scratch = System.Buffers.ArrayPool<float>.Shared.Rent(floats);
         try
         {
-            var qkv = scratch.AsSpan(0, width);                                              // q heads | k heads | v heads
-            var merged = scratch.AsSpan(width, heads * hd);                                   // attention output, heads side by side
-            var scores = scratch.AsSpan(width + heads * hd, group * positions);
-            for (int row = 0; row < rows; row++)
+            fixed (float* sp = scratch)
             {
-                MatVec.Run(views.Qkv, x.Slice(row * d, d), qkv);
-                for (int h = 0; h < heads + kv; h++) DecodeKernels.Rotate(qkv.Slice(h * hd, hd), cos, sin);   // q and k
-                for (int g = 0; g < kv; g++)                                                   // append k, v at position `past`
+                var qkv = scratch.AsSpan(0, rows * width);                                    // per row: q heads | k heads | v heads
+                var merged = scratch.AsSpan(rows * width, rows * heads * hd);                 // per row: attention output, heads side by side
+                job.Qkv = sp;
+                job.Merged = sp + rows * width;
+                job.Scores = sp + rows * (width + heads * hd);
+                for (int row = 0; row < rows; row++)
                 {
-                    long at = ((row * kv + g) * capacity + past) * hd;
-                    qkv.Slice((heads + g) * hd, hd).CopyTo(new Span<float>(kBase + at, hd));
-                    qkv.Slice((heads + kv + g) * hd, hd).CopyTo(new Span<float>(vBase + at, hd));
+                    var r = qkv.Slice(row * width, width);
+                    MatVec.Run(views.Qkv, x.Slice(row * d, d), r);
+                    for (int h = 0; h < heads + kv; h++) DecodeKernels.Rotate(r.Slice(h * hd, hd), cos, sin);   // q and k
+                    for (int g = 0; g < kv; g++)                                               // append k, v at position `past`
+                    {
+                        long at = ((row * kv + g) * job.Capacity + past) * hd;
+                        r.Slice((heads + g) * hd, hd).CopyTo(new Span<float>(job.Keys + at, hd));
+                        r.Slice((heads + kv + g) * hd, hd).CopyTo(new Span<float>(job.Values + at, hd));
+                    }
                 }
-                for (int g = 0; g < kv; g++)                                                   // query heads g*G .. (g+1)*G - 1 share KV head g
-                {
-                    long start = (row * kv + g) * capacity * hd;
-                    DecodeKernels.AttendGroup(qkv.Slice(g * group * hd, group * hd), group, kBase + start, vBase + start, positions,
-                        merged.Slice(g * group * hd, group * hd), scores);
-                }
-                MatVec.Run(views.O, merged, y.Slice(row * views.O.Rows, views.O.Rows));
+                long cachedBytes = (long)rows * kv * job.Positions * hd * 8;                  // K and V read by this step
+                WorkerPool.Shared.Run(&Attend, &job, rows * kv, maxThreads: (int)Math.Clamp(cachedBytes / (32 * 1024), 1, int.MaxValue));
+                for (int row = 0; row < rows; row++)
+                    MatVec.Run(views.O, merged.Slice(row * heads * hd, heads * hd), y.Slice(row * views.O.Rows, views.O.Rows));
             }
         }
         finally
         {
             System.Buffers.ArrayPool<float>.Shared.Return(scratch);
+        }
+    }
+
+    /// <summary>What the worker threads of one decode step's attention read and write.</summary>
+    private unsafe struct AttendJob
+    {
+        public float* Keys, Values, Qkv, Merged, Scores;
+        public long Capacity;
+        public int Positions, HeadDim, Heads, KvHeads, Width, ScoreFloats;
+    }
+
+    /// <summary>Items [start, end) of (row, KV group) pairs: query heads g*G .. (g+1)*G - 1 of the row against KV head g.</summary>
+    private static unsafe void Attend(void* args, int start, int end)
+    {
+        var job = (AttendJob*)args;
+        int hd = job->HeadDim, kv = job->KvHeads, group = job->Heads / kv;
+        for (int item = start; item < end; item++)
+        {
+            int row = item / kv, g = item % kv;
+            long cached = (row * kv + g) * job->Capacity * hd;
+            AttentionCore.Group(job->Qkv + (long)row * job->Width + g * group * hd, group, hd, job->Keys + cached, job->Values + cached,
+                job->Positions, job->Merged + ((long)row * job->Heads + g * group) * hd, job->Scores + (long)item * job->ScoreFloats);
         }
     }
 

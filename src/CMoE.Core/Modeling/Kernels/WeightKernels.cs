@@ -41,6 +41,7 @@ internal static class WeightKernels
         var y = empty(shape, dtype: ScalarType.Float32);
         var xs = DecodeKernels.Floats(input);
         var ys = DecodeKernels.Floats(y);
+        if (tokens > MatVecTokens && Environment.GetEnvironmentVariable("CMOE_INT8_PREFILL") == "dequant") return null;
         if (tokens <= MatVecTokens)
             for (int t = 0; t < tokens; t++) MatVec.Run(view, xs.Slice(t * view.Cols, view.Cols), ys.Slice(t * view.Rows, view.Rows));
         else

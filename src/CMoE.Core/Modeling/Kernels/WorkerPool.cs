@@ -28,7 +28,12 @@ internal sealed unsafe class WorkerPool
         }
     }
 
-    private const int SpinIterations = 20_000;   // ~50-100 us of spinning between jobs before a worker sleeps
+    /// <summary>
+    /// How long a worker spins between jobs before it sleeps: the gaps between the products of one decode step are a few
+    /// microseconds, while a longer spin steals the core from libtorch's own threads during prefill (a clock, not a count:
+    /// one pause instruction takes 10 cycles on one CPU and 140 on another).
+    /// </summary>
+    private static readonly long SpinTicks = System.Diagnostics.Stopwatch.Frequency / 20_000;   // 50 us
 
     private readonly Thread[] _workers;
     private readonly SemaphoreSlim _wake = new(0);
@@ -112,15 +117,15 @@ internal sealed unsafe class WorkerPool
         while (true)
         {
             long generation;
-            int spins = 0;
+            long spinUntil = System.Diagnostics.Stopwatch.GetTimestamp() + SpinTicks;
             while ((generation = Volatile.Read(ref _generation)) == seen)
             {
                 if (_stop) return;
-                if (++spins < SpinIterations) { Thread.SpinWait(8); continue; }
+                if (System.Diagnostics.Stopwatch.GetTimestamp() < spinUntil) { Thread.SpinWait(4); continue; }
                 Interlocked.Increment(ref _sleeping);
                 if (Volatile.Read(ref _generation) == seen && !_stop) _wake.Wait(10);
                 Interlocked.Decrement(ref _sleeping);
-                spins = 0;
+                spinUntil = System.Diagnostics.Stopwatch.GetTimestamp() + SpinTicks;
             }
             seen = generation;
             var (start, end) = Share(participant);
