@@ -7,8 +7,9 @@ namespace CMoE.Modeling.Kernels;
 /// <summary>
 /// y = x W^T (+ b) for a <see cref="StoredWeight"/> in any format, on the tensor paths (prefill, training, other devices):
 /// weights in the activations' dtype go straight to libtorch (differentiable); int8 weights with fp32 activations on the CPU
-/// take the managed int8 kernels (<see cref="Int8Gemm"/>, or <see cref="MatVec"/> for a few tokens); other low-bit cases are
-/// converted or dequantized to the activations' dtype first (bf16 weights: one upcast, then libtorch's fp32 GEMM).
+/// and a few tokens take the managed int8 kernels (<see cref="MatVec"/>); everything else (prefill, other dtypes) is converted
+/// or dequantized to the activations' dtype first, one matrix at a time, then libtorch's GEMM: measured on tinyref, that
+/// prefills 1.5-2.7x faster than an int8 VNNI GEMM with 3x3 register tiles did (docs/benchmarks.md, "Weight formats").
 /// </summary>
 internal static class WeightKernels
 {
@@ -28,26 +29,20 @@ internal static class WeightKernels
     }
 
     /// <summary>int8 weights, fp32 activations on the CPU: the managed kernels into a fresh tensor; null where they do not apply.</summary>
-    private static unsafe Tensor? ManagedInt8(Tensor x, StoredWeight w, Tensor? bias)
+    private static Tensor? ManagedInt8(Tensor x, StoredWeight w, Tensor? bias)
     {
         if (x.dtype != ScalarType.Float32 || x.device_type != TorchSharp.DeviceType.CPU || MatrixView.Of(w) is not { } view) return null;
         if (bias is not null && (bias.dtype != ScalarType.Float32 || bias.device_type != TorchSharp.DeviceType.CPU)) return null;
         using var scope = NewDisposeScope();
         var input = x.contiguous();
         long tokens = input.numel() / view.Cols;
-        if (tokens == 0 || tokens > int.MaxValue) return null;
+        if (tokens == 0 || tokens > MatVecTokens) return null;   // prefill: dequantized into libtorch's GEMM (faster here than an int8 GEMM: docs/benchmarks.md)
         long[] shape = x.shape;
         shape[^1] = view.Rows;
         var y = empty(shape, dtype: ScalarType.Float32);
         var xs = DecodeKernels.Floats(input);
         var ys = DecodeKernels.Floats(y);
-        if (tokens > MatVecTokens && Environment.GetEnvironmentVariable("CMOE_INT8_PREFILL") == "dequant") return null;
-        if (tokens <= MatVecTokens)
-            for (int t = 0; t < tokens; t++) MatVec.Run(view, xs.Slice(t * view.Cols, view.Cols), ys.Slice(t * view.Rows, view.Rows));
-        else
-            fixed (float* xp = xs)
-            fixed (float* yp = ys)
-                Int8Gemm.Run(view, xp, (int)tokens, yp, view.Rows);
+        for (int t = 0; t < tokens; t++) MatVec.Run(view, xs.Slice(t * view.Cols, view.Cols), ys.Slice(t * view.Rows, view.Rows));
         if (bias is not null) y.add_(bias, Scalars.One);
         return y.MoveToOuterDisposeScope();
     }
