@@ -17,7 +17,7 @@ namespace CMoE.Peer;
 /// <summary>
 /// The llama.cpp peer benchmark (docs/benchmarks.md, "Against llama.cpp (LLamaSharp)"). Speed, in one process:
 /// <c>dotnet run -c Release --project tests/CMoE.Peer -- --model ../shared/models/tinyref-llama --threads 1,2
-/// [--layout S2A2E16] [--prompt-tokens 512] [--decode-tokens 128] [--repeats 3] [--text sotu_val.txt] [--json]</c>;
+/// [--layout S2A2E16] [--prompt-tokens 512] [--decode-tokens 128] [--repeats 3] [--text sotu_val.txt] [--json] [--peer-only]</c> (--peer-only: llama.cpp alone, libtorch never loaded);
 /// the numeric oracle: <c>... -- perplexity --model ... --text ../shared/data/eval/sotu_val.txt [--windows 8] [--seq-len 512]</c>.
 /// </summary>
 internal static class Program
@@ -66,6 +66,7 @@ internal static class Program
         int promptTokens = a.Int("prompt-tokens", 512), decodeTokens = a.Int("decode-tokens", 128), repeats = a.Int("repeats", 3);
         string textPath = a.Get("text", DefaultText(model));
         bool json = a.Flag("json");
+        bool peerOnly = a.Flag("peer-only");   // diagnostic: llama.cpp alone, libtorch never loaded in the process
         a.RejectUnknown();
         if (promptTokens + decodeTokens > 1024) throw new ArgumentException("--prompt-tokens + --decode-tokens must fit llama.cpp's context of 1024");
 
@@ -78,24 +79,11 @@ internal static class Program
         if (stream.Length < promptTokens) throw new ArgumentException($"'{textPath}' has {stream.Length} tokens, fewer than --prompt-tokens {promptTokens}");
         int[] promptIds = stream[..promptTokens];                                      // BOS + the file's first tokens
 
-        TorchRuntime.SetThreads(threadCounts.Max());
-        using var noGrad = no_grad();
-        Console.Error.WriteLine($"peer: loading ours, carving {layout} in memory (random calibration, as cmoe bench)");
-        var denseFp32 = ModelFolder.Load(model);
-        var carvedFp32 = ModelFolder.Load(model);
-        using (var calibration = BenchCommand.RandomCalibration(carvedFp32.Config, 8, 128, 0))
-            BenchCommand.CarveInMemory(carvedFp32, layout, calibration, CancellationToken.None);
-        var denseInt8 = ModelConversion.Convert(denseFp32, WeightFormat.Int8);
-        var carvedInt8 = ModelConversion.Convert(carvedFp32, WeightFormat.Int8);
-        var ours = new (string Name, string Weights, LlamaForCausalLM Model)[]
-        {
-            ("ours dense", "fp32", denseFp32), ("ours dense", "int8", denseInt8),
-            ($"ours carved {layout}", "fp32", carvedFp32), ($"ours carved {layout}", "int8", carvedInt8),
-        };
-        foreach (var o in ours) o.Model.eval();
-        using var prompt = tensor(promptIds.Select(i => (long)i).ToArray(), [1, promptTokens]);   // [1, P]
+        var ours = peerOnly ? [] : LoadOurs(model, layout, threadCounts.Max());
+        using var noGrad = peerOnly ? null : no_grad();
+        using var prompt = peerOnly ? null : tensor(promptIds.Select(i => (long)i).ToArray(), [1, promptTokens]);   // [1, P]
 
-        var machine = BenchCommand.MachineFacts(threadCounts.Max(), CPU);
+        var machine = peerOnly ? Machine() : BenchCommand.MachineFacts(threadCounts.Max(), CPU);
         var report = new JsonObject
         {
             ["machine"] = machine,
@@ -110,7 +98,7 @@ internal static class Program
         var lines = new List<string>();
         foreach (int threads in threadCounts)
         {
-            TorchRuntime.SetThreads(threads);
+            if (!peerOnly) TorchRuntime.SetThreads(threads);
             using var peerF32 = LlamaCpp.ForSpeed(f32, threads);
             using var peerQ8 = LlamaCpp.ForSpeed(q8, threads);
             var rows = new List<Row>
@@ -118,15 +106,15 @@ internal static class Program
                 new("llama.cpp", "F32", (d, ids) => peerF32.Generate(promptIds, d, ids)),
                 new("llama.cpp", "Q8_0", (d, ids) => peerQ8.Generate(promptIds, d, ids)),
             };
-            foreach (var o in ours) rows.Add(new(o.Name, o.Weights, (d, ids) => InferenceBench.Generate(o.Model, prompt, d, ids)));
+            foreach (var o in ours) rows.Add(new(o.Name, o.Weights, (d, ids) => InferenceBench.Generate(o.Model, prompt!, d, ids)));
             // Peer and ours alternate: F32, dense fp32, Q8_0, dense int8, then the carved rows; odd repetitions run backwards.
-            var order = new[] { rows[0], rows[2], rows[1], rows[3], rows[4], rows[5] };
+            var order = peerOnly ? rows.ToArray() : new[] { rows[0], rows[2], rows[1], rows[3], rows[4], rows[5] };
 
             int check = Math.Min(16, decodeTokens);
             List<long> peerIds = [], ourIds = [];
             rows[0].Run(check, peerIds);                                               // warm-up (untimed), with the ids
-            rows[2].Run(check, ourIds);
-            foreach (var r in order.Where(r => r != rows[0] && r != rows[2])) r.Run(check, null);
+            if (!peerOnly) rows[2].Run(check, ourIds);
+            foreach (var r in order.Where(r => r != rows[0] && (peerOnly || r != rows[2]))) r.Run(check, null);
             for (int rep = 0; rep < repeats; rep++)
             {
                 foreach (var r in rep % 2 == 0 ? order : order.Reverse())
@@ -153,7 +141,7 @@ internal static class Program
                     ["prefill_vs_llama_cpp_q8_0"] = Math.Round(pr, 3), ["decode_vs_llama_cpp_q8_0"] = Math.Round(dr, 3),
                 });
             }
-            lines.Add($"greedy ids, first {check} decode steps: ours dense fp32 and llama.cpp F32 agree on {agree}/{check}" +
+            if (!peerOnly) lines.Add($"greedy ids, first {check} decode steps: ours dense fp32 and llama.cpp F32 agree on {agree}/{check}" +
                       (agree == check ? "" : $" (ours {string.Join(",", ourIds)}; llama.cpp {string.Join(",", peerIds)})"));
             run["greedy_ids_agree"] = $"{agree}/{check}";
             ((JsonArray)report["runs"]!).Add(run);
@@ -172,6 +160,38 @@ internal static class Program
         foreach (var l in lines) Console.WriteLine(l);
         Console.WriteLine($"({clock.Elapsed.TotalSeconds:F0} s)");
         return 0;
+    }
+
+    /// <summary>Our dense and carved models, fp32 and int8 (carved in memory on random ids, as cmoe bench without --calibration).</summary>
+    private static (string Name, string Weights, LlamaForCausalLM Model)[] LoadOurs(string model, MoeLayout layout, int threads)
+    {
+        TorchRuntime.SetThreads(threads);
+        using var noGrad = no_grad();
+        Console.Error.WriteLine($"peer: loading ours, carving {layout} in memory (random calibration, as cmoe bench)");
+        var denseFp32 = ModelFolder.Load(model);
+        var carvedFp32 = ModelFolder.Load(model);
+        using (var calibration = BenchCommand.RandomCalibration(carvedFp32.Config, 8, 128, 0))
+            BenchCommand.CarveInMemory(carvedFp32, layout, calibration, CancellationToken.None);
+        var denseInt8 = ModelConversion.Convert(denseFp32, WeightFormat.Int8);
+        var carvedInt8 = ModelConversion.Convert(carvedFp32, WeightFormat.Int8);
+        var ours = new (string Name, string Weights, LlamaForCausalLM Model)[]
+        {
+            ("ours dense", "fp32", denseFp32), ("ours dense", "int8", denseInt8),
+            ($"ours carved {layout}", "fp32", carvedFp32), ($"ours carved {layout}", "int8", carvedInt8),
+        };
+        foreach (var o in ours) o.Model.eval();
+        return ours;
+    }
+
+    /// <summary>The machine line without touching libtorch (--peer-only).</summary>
+    private static JsonObject Machine()
+    {
+        string cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "unknown";
+        return new JsonObject
+        {
+            ["processor"] = cpu, ["logical_cores"] = Environment.ProcessorCount,
+            ["os"] = System.Runtime.InteropServices.RuntimeInformation.OSDescription, ["dotnet"] = Environment.Version.ToString(),
+        };
     }
 
     private static int Perplexity(Args a)
