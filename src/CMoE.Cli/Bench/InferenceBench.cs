@@ -100,8 +100,11 @@ internal static class InferenceBench
         return model.Model.Layers[layer].FfnInput(h).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Prefill (prompt through the model, logits of the last position) then D greedy steps with the KV cache; seconds of each.</summary>
-    private static (double Prefill, double Decode) Generate(LlamaForCausalLM model, Tensor prompt, int decodeTokens)
+    /// <summary>
+    /// Prefill (prompt through the model, logits of the last position) then D greedy steps with the KV cache; seconds of each.
+    /// <paramref name="tokens"/>, when given, receives the greedy ids of the first sequence (the prefill's, then each step's but the last).
+    /// </summary>
+    internal static (double Prefill, double Decode) Generate(LlamaForCausalLM model, Tensor prompt, int decodeTokens, List<long>? tokens = null)
     {
         long b = prompt.shape[0], p = prompt.shape[1];
         using var cache = new KvCache(model.Config, b, p + decodeTokens, model.Device, model.DType);
@@ -118,6 +121,7 @@ internal static class InferenceBench
         for (int i = 0; i < decodeTokens; i++)
         {
             using var scope = NewDisposeScope();
+            tokens?.Add(next[0, 0].item<long>());
             var step = model.Forward(next, cache).argmax(-1);                                  // [b, 1]
             next.Dispose();
             next = step.MoveToOuterDisposeScope();

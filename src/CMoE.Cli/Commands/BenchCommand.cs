@@ -252,7 +252,8 @@ internal sealed class BenchCommand : ICommand
         return $"S{experts - shape.RoutedExperts}A{shape.ActiveExperts}E{experts}";
     }
 
-    private static double CarveInMemory(LlamaForCausalLM model, MoeLayout layout, Tensor calibration, CancellationToken cancel)
+    /// <summary>Carves <paramref name="model"/> in place to <paramref name="layout"/> on the calibration ids (also used by tests/CMoE.Peer); seconds taken.</summary>
+    internal static double CarveInMemory(LlamaForCausalLM model, MoeLayout layout, Tensor calibration, CancellationToken cancel)
     {
         using var bar = Terminal.Progress($"carve {layout}");
         var report = MoeCarver.Carve(model, calibration, new CarveOptions { Layout = layout },
@@ -260,7 +261,8 @@ internal sealed class BenchCommand : ICommand
         return report.Seconds;
     }
 
-    private static Tensor RandomCalibration(LlamaConfig config, int samples, int seqLen, int seed)
+    /// <summary>Random calibration ids [samples, seqLen]: routing, not quality, is what speed depends on.</summary>
+    internal static Tensor RandomCalibration(LlamaConfig config, int samples, int seqLen, int seed)
     {
         using var gen = new TorchSharp.torch.Generator((ulong)seed + 1000);
         return randint(0, config.VocabSize, [samples, seqLen], dtype: ScalarType.Int64, generator: gen);
