@@ -13,7 +13,7 @@ namespace CMoE.Modeling.Kernels;
 /// </summary>
 internal static class WeightKernels
 {
-    /// <summary>Token counts up to this take one matrix-vector product per token instead of the int8 GEMM.</summary>
+    /// <summary>Token counts up to this take one managed matrix-vector product per token; more are dequantized into a GEMM.</summary>
     private const int MatVecTokens = 4;
 
     /// <summary>x [..., in] -> [..., out].</summary>
