@@ -17,7 +17,8 @@ public class CarvedModelTests
         return randint(3, 8192, [samples, length], generator: g, dtype: ScalarType.Int64);
     }
 
-    private static Tensor Probe() => tensor(new long[] { 1, 450, 3681, 310, 278, 3303, 338, 1781, 2988, 13, 1576, 42 }).unsqueeze(0);
+    /// <summary>A fixed 12-token probe sentence of the embedded model.</summary>
+    internal static Tensor Probe() => tensor(new long[] { 1, 450, 3681, 310, 278, 3303, 338, 1781, 2988, 13, 1576, 42 }).unsqueeze(0);
 
     [Fact]
     public void EveryExpertOnReproducesTheDenseModel()

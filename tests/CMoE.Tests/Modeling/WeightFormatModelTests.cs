@@ -15,14 +15,12 @@ namespace CMoE.Tests.Modeling;
 /// </summary>
 public class WeightFormatModelTests
 {
-    private static Tensor Probe() => tensor(new long[] { 1, 450, 3681, 310, 278, 3303, 338, 1781, 2988, 13, 1576, 42 }).unsqueeze(0);
-
     [Fact]
     public void Bf16IsExactAndInt8IsCloseOnTheEmbeddedModel()
     {
         TorchTestSetup.Pin();
         using var noGrad = no_grad();
-        using var ids = Probe();
+        using var ids = Carving.CarvedModelTests.Probe();
         using var fp32 = ModelFolder.Load(TestPaths.EmbeddedModel);
         using var bf16 = ModelFolder.Load(TestPaths.EmbeddedModel, WeightFormat.Parse("bf16"));
         using var int8 = ModelFolder.Load(TestPaths.EmbeddedModel, WeightFormat.Parse("int8"));
@@ -44,7 +42,7 @@ public class WeightFormatModelTests
         TorchTestSetup.Pin();
         using var noGrad = no_grad();
         using var model = ModelFolder.Load(TestPaths.EmbeddedModel, WeightFormat.Parse(format));
-        using var ids = Probe();
+        using var ids = Carving.CarvedModelTests.Probe();
         using var full = model.Forward(ids);                                                 // prefill of all 12 positions
         using var cache = new KvCache(model.Config, 1, 16, CPU, ScalarType.Float32);
         using var first = model.Forward(ids.narrow(1, 0, 8), cache);
@@ -81,7 +79,7 @@ public class WeightFormatModelTests
         CarvedFolder.RecordedWeights(config).ToString().Should().Be(format);
         using var reloaded = ModelFolder.Load(dir["carved"]);
         reloaded.Model.Layers.Should().AllSatisfy(l => l.Mlp.Should().BeOfType<MoeBlock>());
-        using var ids = Probe();
+        using var ids = Carving.CarvedModelTests.Probe();
         using var expected = model.Forward(ids);
         using var actual = reloaded.Forward(ids);
         (actual - expected).abs().max().item<float>().Should().Be(0f);

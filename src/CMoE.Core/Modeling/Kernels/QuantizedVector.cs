@@ -50,14 +50,6 @@ internal readonly unsafe struct QuantizedVector
         sbyte* negative = (sbyte*)(scratch + 2 * length);
         float* scales = (float*)(((nint)(scratch + 3 * length) + 3) & ~(nint)3);
         int* offsets = (int*)(scales + length / group);
-        QuantizeInto(x, length, group, signed, abs, negative, scales, offsets);
-        return new QuantizedVector(signed, offsets, abs, negative, scales, length, group);
-    }
-
-    /// <summary>Quantizes x[0..length) in groups of <paramref name="group"/> into the given arrays (one scale and offset per group).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void QuantizeInto(float* x, int length, int group, sbyte* signed, byte* abs, sbyte* negative, float* scales, int* offsets)
-    {
         for (int g = 0; g < length / group; g++)
         {
             int o = g * group;
@@ -69,6 +61,7 @@ internal readonly unsafe struct QuantizedVector
             for (int i = o; i < o + group; i++) sum += signed[i];
             offsets[g] = 16 * sum;
         }
+        return new QuantizedVector(signed, offsets, abs, negative, scales, length, group);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
