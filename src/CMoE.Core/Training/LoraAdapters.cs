@@ -13,17 +13,20 @@ namespace CMoE.Training;
 /// </summary>
 internal sealed class ProjectionLora : IProjectionAdapter, IDisposable
 {
-    public ProjectionLora(Projection target, int rank, double alpha, double dropout)
+    public ProjectionLora(Projection target, int rank, double alpha, double dropout, Generator rng)
     {
         Target = target;
+        _rng = rng;
         long outF = target.Weight.shape[0], inF = target.Weight.shape[1];
         var device = target.Weight.device;
         double bound = 1.0 / Math.Sqrt(inF);
-        A = new Parameter(empty(rank, inF, device: device).uniform_(-bound, bound), requires_grad: true);  // [r, in]
+        A = new Parameter(empty(rank, inF, device: device).uniform_(-bound, bound, rng), requires_grad: true);  // [r, in]
         B = new Parameter(zeros(outF, rank, device: device), requires_grad: true);                       // [out, r]
         Scaling = alpha / rank;
         Dropout = dropout;
     }
+
+    private readonly Generator _rng;
 
     public Projection Target { get; }
     public Parameter A { get; }
@@ -36,7 +39,7 @@ internal sealed class ProjectionLora : IProjectionAdapter, IDisposable
     {
         using var scope = NewDisposeScope();
         var xin = x.to(A.dtype);
-        if (training && Dropout > 0) xin = F.dropout(xin, Dropout, true);
+        if (training && Dropout > 0) xin = LoraDropout.Apply(xin, Dropout, _rng);
         var y = F.linear(F.linear(xin, A), B).mul(_scaling);              // [..., r] -> [..., out]
         return y.to(x.dtype).MoveToOuterDisposeScope();
     }
@@ -64,10 +67,12 @@ internal sealed class ExpertLora : IExpertAdapter, IDisposable
 {
     private readonly Parameter[] _a = new Parameter[3];
     private readonly Parameter[] _b = new Parameter[3];
+    private readonly Generator _rng;
 
-    public ExpertLora(StackedExperts target, int rank, double alpha, double dropout)
+    public ExpertLora(StackedExperts target, int rank, double alpha, double dropout, Generator rng)
     {
         Target = target;
+        _rng = rng;
         Scaling = alpha / rank;
         Dropout = dropout;
         var device = target.Gate.device;
@@ -76,7 +81,7 @@ internal sealed class ExpertLora : IExpertAdapter, IDisposable
         {
             long e = weights[k].shape[0], outF = weights[k].shape[1], inF = weights[k].shape[2];
             double bound = 1.0 / Math.Sqrt(inF);
-            _a[k] = new Parameter(empty(e, rank, inF, device: device).uniform_(-bound, bound), requires_grad: true); // [E, r, in]
+            _a[k] = new Parameter(empty(e, rank, inF, device: device).uniform_(-bound, bound, rng), requires_grad: true); // [E, r, in]
             _b[k] = new Parameter(zeros(e, outF, rank, device: device), requires_grad: true);                      // [E, out, r]
         }
     }
@@ -94,7 +99,7 @@ internal sealed class ExpertLora : IExpertAdapter, IDisposable
         using var scope = NewDisposeScope();
         var (a, b) = Pair(matrix);
         var xin = x.to(a.dtype);
-        if (training && Dropout > 0) xin = F.dropout(xin, Dropout, true);
+        if (training && Dropout > 0) xin = LoraDropout.Apply(xin, Dropout, _rng);
         var y = F.linear(F.linear(xin, a[expert]), b[expert]).mul(_scaling); // [n, r] -> [n, out]
         return y.to(x.dtype).MoveToOuterDisposeScope();
     }
@@ -116,6 +121,20 @@ internal sealed class ExpertLora : IExpertAdapter, IDisposable
 }
 
 /// <summary>
+/// Inverted dropout drawn from a given generator (F.dropout draws from libtorch's process-wide generator, which any
+/// other thread of the process may advance between the fine-tuner's seeding and the draw).
+/// </summary>
+internal static class LoraDropout
+{
+    public static Tensor Apply(Tensor x, double p, Generator rng)
+    {
+        using var scope = NewDisposeScope();
+        var keep = rand(x.shape, dtype: x.dtype, device: x.device, generator: rng).ge_(Scalars.Of(p)).to(x.dtype);
+        return x.mul(keep.mul_(Scalars.Of(1.0 / (1.0 - p)))).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>
 /// Every LoRA adapter of a model: q/k/v/o of each attention block, gate/up/down of each shared expert
 /// (or of a dense FFN), and the batched adapters of each layer's routed experts. Adapter state-dict keys are
 /// the target's key plus <c>.lora_A</c> / <c>.lora_B</c>, e.g. <c>model.layers.0.self_attn.q_proj.lora_A</c>
@@ -129,7 +148,11 @@ internal sealed class LoraAdapters : IDisposable
     private LoraAdapters() { }
 
     /// <summary>Creates adapters on the model's device and hooks them into its projections and experts.</summary>
-    public static LoraAdapters Attach(LlamaForCausalLM model, int rank, double alpha, double dropout)
+    /// <remarks>
+    /// <paramref name="rng"/> draws the A initialisations and, during training, the dropout masks: the fine-tuner's own
+    /// generator, so that other threads drawing from libtorch's global generator cannot change a run.
+    /// </remarks>
+    public static LoraAdapters Attach(LlamaForCausalLM model, int rank, double alpha, double dropout, Generator rng)
     {
         if (rank < 1) throw new ArgumentException($"LoRA rank must be at least 1 (got {rank}).");
         var set = new LoraAdapters();
@@ -139,7 +162,7 @@ internal sealed class LoraAdapters : IDisposable
             var layer = model.Model.Layers[i];
             string prefix = $"model.layers.{i}.";
             for (int k = 0; k < 4; k++)
-                set.AddProjection($"{prefix}self_attn.{attn[k]}", layer.Attention.Projections[k], rank, alpha, dropout);
+                set.AddProjection($"{prefix}self_attn.{attn[k]}", layer.Attention.Projections[k], rank, alpha, dropout, rng);
             var mlp = layer.Mlp switch
             {
                 MoeBlock moe => (Dense: moe.SharedExpert, Prefix: $"{prefix}mlp.shared_expert.", Moe: moe),
@@ -148,13 +171,13 @@ internal sealed class LoraAdapters : IDisposable
             };
             if (mlp.Dense is { } d)
             {
-                set.AddProjection(mlp.Prefix + "gate_proj", d.Gate, rank, alpha, dropout);
-                set.AddProjection(mlp.Prefix + "up_proj", d.Up, rank, alpha, dropout);
-                set.AddProjection(mlp.Prefix + "down_proj", d.Down, rank, alpha, dropout);
+                set.AddProjection(mlp.Prefix + "gate_proj", d.Gate, rank, alpha, dropout, rng);
+                set.AddProjection(mlp.Prefix + "up_proj", d.Up, rank, alpha, dropout, rng);
+                set.AddProjection(mlp.Prefix + "down_proj", d.Down, rank, alpha, dropout, rng);
             }
             if (mlp.Moe is { } moeBlock)
             {
-                var lora = new ExpertLora(moeBlock.Experts, rank, alpha, dropout);
+                var lora = new ExpertLora(moeBlock.Experts, rank, alpha, dropout, rng);
                 moeBlock.Experts.Adapter = lora;
                 set._experts.Add(($"{prefix}mlp.experts", lora));
             }
@@ -162,9 +185,9 @@ internal sealed class LoraAdapters : IDisposable
         return set;
     }
 
-    private void AddProjection(string name, Projection target, int rank, double alpha, double dropout)
+    private void AddProjection(string name, Projection target, int rank, double alpha, double dropout, Generator rng)
     {
-        var lora = new ProjectionLora(target, rank, alpha, dropout);
+        var lora = new ProjectionLora(target, rank, alpha, dropout, rng);
         target.Adapter = lora;
         _projections.Add((name, lora));
     }

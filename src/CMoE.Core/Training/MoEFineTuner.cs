@@ -23,6 +23,7 @@ public sealed class MoEFineTuner : IDisposable
     private readonly LoraAdapters? _lora;
     private readonly List<(string Name, Parameter Weight)> _fullWeights = [];
     private readonly List<MoeBlock> _blocks;
+    private readonly Generator _rng;   // the run's own: LoRA init and dropout masks, untouched by other threads
     private bool _finished;
 
     /// <summary>Prepares <paramref name="model"/> (carved or dense) for fine-tuning with <paramref name="options"/>.</summary>
@@ -32,9 +33,9 @@ public sealed class MoEFineTuner : IDisposable
         _model = model;
         _options = options;
         _blocks = model.Model.Layers.Select(l => l.Mlp).OfType<MoeBlock>().ToList();
-        torch.manual_seed(options.Seed);
+        _rng = new Generator((ulong)options.Seed, model.Device);
         if (options.Mode == FineTuneMode.Lora)
-            _lora = LoraAdapters.Attach(model, options.LoraRank, options.LoraAlpha, options.LoraDropout);
+            _lora = LoraAdapters.Attach(model, options.LoraRank, options.LoraAlpha, options.LoraDropout, _rng);
         else
             _fullWeights.AddRange(FullModeWeights(model));
         foreach (var (_, w) in _fullWeights) w.requires_grad = true;
@@ -98,7 +99,7 @@ public sealed class MoEFineTuner : IDisposable
                     cancel.ThrowIfCancellationRequested();
                 }
                 using var scope = NewDisposeScope();
-                torch.manual_seed(_options.Seed * 1_000_003L + step);                        // dropout masks depend on the step only
+                _rng.manual_seed(_options.Seed * 1_000_003L + step);                         // dropout masks depend on the step only
                 double factor = Schedule(step, steps);
                 for (int g = 0; g < groups.Count; g++) groups[g].LearningRate = peaks[g] * factor;
                 long rows = Math.Min(batch, n - (long)step * batch);
@@ -259,5 +260,6 @@ public sealed class MoEFineTuner : IDisposable
     {
         foreach (var p in _fullWeights.Select(w => w.Weight).Concat(RouterScales)) p.requires_grad = false;
         _lora?.Dispose();
+        _rng.Dispose();
     }
 }

@@ -174,6 +174,36 @@ public class MoEFineTunerTests(CarvedTinyrefFixture tinyref) : IClassFixture<Car
     }
 
     [SharedFact]
+    public void ARunIsUnchangedByOtherThreadsDrawingFromTheGlobalGenerator()
+    {
+        // CI once failed when another test class drew from libtorch's global generator between the fine-tuner's seeding
+        // and its dropout draws; the fine-tuner now has its own generator.
+        TorchTestSetup.Pin();
+        using var train = tinyref.Windows(6, 32, seed: 11);
+        var options = new FineTuneOptions { LearningRate = 1e-3, LoraDropout = 0.2, BatchSize = 2, Seed = 12 };
+        FineTuneReport Run()
+        {
+            using var model = tinyref.Load();
+            using var tuner = new MoEFineTuner(model, options);
+            return tuner.Train(train);
+        }
+        var quiet = Run();
+        using var stop = new CancellationTokenSource();
+        var noise = Task.Run(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                manual_seed(99);
+                using var r = rand(64);
+            }
+        });
+        FineTuneReport busy;
+        try { busy = Run(); }
+        finally { stop.Cancel(); noise.Wait(); }
+        busy.Losses.Should().Equal(quiet.Losses);
+    }
+
+    [SharedFact]
     public void ResumedRunContinuesWhereTheCheckpointStopped()
     {
         TorchTestSetup.Pin();
