@@ -50,7 +50,7 @@ public sealed class ActivationProfilerEstimator : LanguageModelEstimatorBase<Act
     public override ActivationProfilerTransformer Fit(IDataView input)
     {
         CheckInput(input);
-        var handle = LanguageModelHandle.FromFolder(_options.ModelFolder);
+        var handle = LanguageModelHandle.FromFolder(_options.ModelFolder, Modeling.Weights.WeightFormat.Fp32);
         try
         {
             if (handle.IsCarved)
@@ -60,6 +60,7 @@ public sealed class ActivationProfilerEstimator : LanguageModelEstimatorBase<Act
             var progress = _options.Progress is { } p ? new Progress<(int Done, int Total)>(x => p.Report(new CMoEProgress("profile", x.Done, x.Total))) : null;
             var profile = ActivationProfiler.Profile(handle.Model, ids, _options.Score, _options.KAct, _options.ForwardBatch,
                 progress, _options.Cancellation);
+            handle.UseWeights(Weights);
             return new ActivationProfilerTransformer(Env, handle, Settings, profile);
         }
         catch

@@ -69,7 +69,7 @@ public sealed class CarveMoEEstimator : LanguageModelEstimatorBase<LanguageModel
     public override LanguageModelTransformer Fit(IDataView input)
     {
         CheckInput(input);
-        var handle = LanguageModelHandle.FromFolder(_options.ModelFolder);
+        var handle = LanguageModelHandle.FromFolder(_options.ModelFolder, Modeling.Weights.WeightFormat.Fp32);
         try
         {
             MoECarverEstimator.CarveSequential(handle, input, _options, _layout, Name, _options.Iterations, _options.KAct, _options.Score, _options.ForwardBatch);
@@ -91,6 +91,7 @@ public sealed class CarveMoEEstimator : LanguageModelEstimatorBase<LanguageModel
                 train.TextColumnName = _options.TextColumnName;
                 MoEFineTuner.Train(FineTuneCores.Default!, handle, input, train, Name);
             }
+            handle.UseWeights(Weights);
             return new LanguageModelTransformer(Env, handle, Settings);
         }
         catch

@@ -36,7 +36,7 @@ public sealed class LanguageModelScoringEstimator : LanguageModelEstimatorBase<L
     {
         ArgumentNullException.ThrowIfNull(input);
         CheckInput(input);
-        return new LanguageModelTransformer(Env, LanguageModelHandle.FromFolder(_modelFolder), Settings);
+        return new LanguageModelTransformer(Env, LanguageModelHandle.FromFolder(_modelFolder, Weights), Settings);
     }
 }
 

@@ -39,6 +39,9 @@ public abstract class LanguageModelTransformerBase : RowMapperTransformerBase, I
     /// <summary>Whether every FFN of the model is a carved MoE block.</summary>
     public bool IsCarved => Handle.IsCarved;
 
+    /// <summary>The format the model's weights are held in (see <see cref="ScoringOptions.Weights"/>).</summary>
+    public Modeling.Weights.WeightFormat Weights => Handle.Weights;
+
     /// <summary>Length of the embedding column's vectors.</summary>
     public int EmbeddingSize => _scorer.EmbeddingSize;
 
@@ -134,7 +137,11 @@ public abstract class LanguageModelEstimatorBase<TTransformer> : IEstimator<TTra
         Env = env;
         Name = name;
         Settings = ScoringSettings.From(options);
+        Weights = options.Weights;
     }
+
+    /// <summary>The weight format the fitted model is held in (null: as loaded; see <see cref="ScoringOptions.Weights"/>).</summary>
+    private protected Modeling.Weights.WeightFormat? Weights { get; }
 
     /// <summary>The environment the transformer will be created in.</summary>
     private protected IHostEnvironment Env { get; }

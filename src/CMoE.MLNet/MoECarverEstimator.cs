@@ -70,6 +70,7 @@ public sealed class MoECarverEstimator : LanguageModelEstimatorBase<MoECarverTra
         CarveReport report;
         if (profiled is not null)
         {
+            profiled.Handle.RequireFp32(Name);
             handle = profiled.Handle.Clone();
             try
             {
@@ -87,7 +88,7 @@ public sealed class MoECarverEstimator : LanguageModelEstimatorBase<MoECarverTra
         }
         else if (!string.IsNullOrWhiteSpace(_options.ModelFolder))
         {
-            handle = LanguageModelHandle.FromFolder(_options.ModelFolder);
+            handle = LanguageModelHandle.FromFolder(_options.ModelFolder, Modeling.Weights.WeightFormat.Fp32);
             try
             {
                 report = CarveSequential(handle, input, _options, _layout, Name);
@@ -103,6 +104,15 @@ public sealed class MoECarverEstimator : LanguageModelEstimatorBase<MoECarverTra
             throw new InvalidOperationException(
                 $"{Name} has no dense model: chain it after mlContext.Transforms.ProfileActivations(...), pass the ActivationProfilerTransformer, " +
                 "or set Options.ModelFolder for sequential carving.");
+        }
+        try
+        {
+            handle.UseWeights(Weights);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
         }
         return new MoECarverTransformer(Env, handle, Settings, report);
     }

@@ -81,10 +81,12 @@ public sealed class MoEFineTuner : LanguageModelEstimatorBase<MoEFineTuneTransfo
             ?? throw new InvalidOperationException($"{Name} has no carved model: chain it after mlContext.Transforms.CarveExperts(...) or pass a carved transformer.");
         if (!source.IsCarved)
             throw new InvalidOperationException($"{Name}: the upstream {source.GetType().Name} holds a dense model; chain it after a carving stage.");
+        source.Handle.RequireFp32(Name);
         var handle = source.Handle.Clone();
         try
         {
             Train(_core, handle, input, _options, Name);
+            handle.UseWeights(Weights);
             return new MoEFineTuneTransformer(Env, handle, Settings);
         }
         catch

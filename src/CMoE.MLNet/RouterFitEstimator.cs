@@ -63,6 +63,7 @@ public sealed class RouterFitEstimator : LanguageModelEstimatorBase<RouterFitTra
                 using var ids = tensor(CalibrationData.Windows(input, handle.Tokenizer, _options, Name));   // [samples, length]
                 balance = Balance(handle, ids, _options.BalanceIterations, _options.BiasStep, _options.ForwardBatch, _options);
             }
+            handle.UseWeights(Weights);
             return new RouterFitTransformer(Env, handle, Settings, balance);
         }
         catch

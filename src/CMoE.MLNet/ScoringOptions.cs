@@ -1,4 +1,5 @@
 using System.Globalization;
+using CMoE.Modeling.Weights;
 
 namespace CMoE.MLNet;
 
@@ -63,6 +64,15 @@ public class ScoringOptions
     /// <summary>How the embedding pools the token states. Default <see cref="EmbeddingPooling.Mean"/>.</summary>
     public EmbeddingPooling Pooling { get; set; } = EmbeddingPooling.Mean;
 
+    /// <summary>
+    /// The format the model's weights are held in for inference (<see cref="WeightFormat.Bf16"/>, <see cref="WeightFormat.Int8"/>
+    /// or <c>WeightFormat.Parse("int8:64")</c>; activations and accumulation stay fp32). Null (default) keeps the folder's:
+    /// fp32 for a Hugging Face folder, the recorded format for a carved one. Stages that profile, carve or fine-tune
+    /// run on fp32 weights and convert their result at the end, so set it on the last stage of a chain; the model zip
+    /// keeps the format (see <c>docs/architecture.md</c>, "Weight formats").
+    /// </summary>
+    public WeightFormat? Weights { get; set; }
+
     /// <summary>Copies the scoring settings of <paramref name="other"/> into this object.</summary>
     /// <param name="other">Options to copy from.</param>
     public void CopyScoringFrom(ScoringOptions other)
@@ -77,6 +87,7 @@ public class ScoringOptions
         MaxTokens = other.MaxTokens;
         BatchSize = other.BatchSize;
         Pooling = other.Pooling;
+        Weights = other.Weights;
     }
 }
 

@@ -55,8 +55,7 @@ internal sealed class BenchCommand : ICommand
         var weights = CommonOptions.Weights(line) ?? Modeling.Weights.WeightFormat.Fp32;
         int threads = CommonOptions.Threads(line);
         line.RejectUnknown();
-        if (weights.Kind != Modeling.Weights.WeightKind.Fp32 && device.type != DeviceType.CPU)
-            throw new UsageException("--weights bf16|int8 are CPU inference formats; on CUDA leave --weights at fp32");
+        CommonOptions.RequireCpuFor(weights, device);
         if ((modelDir is null) == (synthetic is null))
             throw new UsageException("bench needs exactly one of --model <dense-hf-folder> or --synthetic <shape>");
         if (synthetic is not null && (carvedDir is not null || calibrationPath is not null))

@@ -14,12 +14,16 @@ internal sealed class CarveCommand : ICommand
     public string Usage => $"""
         cmoe carve --model <hf-folder> --calibration <text> --layout S2A2E16 --out <folder>
                    [--samples 8] [--seq-len 512] [--k-act 10] [--score cosine|raw] [--iterations 1]
-                   [--seed 0] [--streaming] {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage} [--json]
+                   [--seed 0] [--streaming] {CommonOptions.WeightsUsage} {CommonOptions.ThreadsUsage}
+                   {CommonOptions.DeviceUsage} [--json]
           Calibration windows = `samples` random windows of seq-len tokens from BOS + encode(file), drawn with seed.
           Layout S{"{s}"}A{"{a}"}E{"{e}"}: e experts of d_h/e neurons, s shared (always on), a routed active per token.
           The output folder (config.json with a cmoe section, model.safetensors, tokenizer files) is written
           under a temporary name and moved into place. --streaming carves from disk to disk with one decoder
           layer in memory at a time (CPU; byte-identical output), for models larger than memory.
+          --weights: the format of the weights written (carving itself runs on fp32 weights; bf16 and int8 folders
+          are format version 2, which eval, score, bench and the ML.NET estimators load as they are). Not with
+          --streaming, which writes fp32; load its output with --weights instead.
         """;
 
     public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose", "streaming" };
@@ -42,9 +46,14 @@ internal sealed class CarveCommand : ICommand
         };
         bool json = line.Flag("json");
         bool streaming = line.Flag("streaming");
+        var weights = CommonOptions.Weights(line) ?? Modeling.Weights.WeightFormat.Fp32;
         var device = CommonOptions.Device(line);
         int threads = CommonOptions.Threads(line);
         line.RejectUnknown();
+        if (streaming && weights.Kind != Modeling.Weights.WeightKind.Fp32)
+            throw new UsageException($"--streaming writes fp32 weights; drop --weights {weights} and load the carved folder with `cmoe eval|score|bench --weights {weights}` (it converts tensor by tensor while loading), or carve without --streaming.");
+        if (weights.Kind != Modeling.Weights.WeightKind.Fp32 && device.type != TorchSharp.DeviceType.CPU)
+            throw new UsageException($"--weights {weights} is converted on the CPU; drop --device {device.type.ToString().ToLowerInvariant()} or write fp32.");
 
         var config = CommonOptions.DenseConfig(modelDir, "carve");
         options.Validate(config.IntermediateSize);   // fail on a bad layout before any heavy work
@@ -63,6 +72,7 @@ internal sealed class CarveCommand : ICommand
             ["score"] = options.Score.ToString().ToLowerInvariant(),
             ["iterations"] = options.Iterations,
         };
+        if (weights.Kind != Modeling.Weights.WeightKind.Fp32) provenance["weights"] = weights.ToString();
         CarveReport report;
         using (var bar = Terminal.Progress($"carve {layout}"))
         {
@@ -74,10 +84,11 @@ internal sealed class CarveCommand : ICommand
             }
             else
             {
-                using var model = ModelFolder.Load(modelDir, device: device);
+                using var model = ModelFolder.Load(modelDir, Modeling.Weights.WeightFormat.Fp32, device);
                 report = MoeCarver.Carve(model, calibration, options, progress, cancel);
                 provenance["seconds"] = Math.Round(report.Seconds, 3);
-                CarvedFolder.Save(model, modelDir, outDir, layout.ToString(), provenance);
+                using var stored = weights.Kind == Modeling.Weights.WeightKind.Fp32 ? null : Modeling.Weights.ModelConversion.Convert(model, weights);
+                CarvedFolder.Save(stored ?? model, modelDir, outDir, layout.ToString(), provenance);
             }
         }
 
@@ -103,12 +114,13 @@ internal sealed class CarveCommand : ICommand
                 ["device"] = device.ToString(),
                 ["options"] = provenance,
                 ["streaming"] = streaming,
+                ["weights"] = weights.ToString(),
                 ["peak_rss_mb"] = ProcessMemory.PeakRssMb(),
             });
         }
         else
         {
-            Console.WriteLine($"carved {config.NumLayers} layers to {layout} ({report.ActiveFfnFraction:P0} of FFN active) in {report.Seconds:F1} s -> {outDir}");
+            Console.WriteLine($"carved {config.NumLayers} layers to {layout} ({report.ActiveFfnFraction:P0} of FFN active) in {report.Seconds:F1} s -> {outDir} ({weights} weights)");
         }
         return 0;
     }

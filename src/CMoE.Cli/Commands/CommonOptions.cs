@@ -14,6 +14,13 @@ internal static class CommonOptions
     public static Modeling.Weights.WeightFormat? Weights(CommandLine line) =>
         line.Optional("weights") is { } name ? Modeling.Weights.WeightFormat.Parse(name) : null;
 
+    /// <summary>Throws a usage error when low-bit weights are asked for on another device than the CPU.</summary>
+    public static void RequireCpuFor(Modeling.Weights.WeightFormat? weights, torch.Device device)
+    {
+        if (weights is { Kind: not Modeling.Weights.WeightKind.Fp32 } && device.type != DeviceType.CPU)
+            throw new UsageException($"--weights {weights} is a CPU inference format; on {device.type.ToString().ToLowerInvariant()} leave --weights at fp32 (or drop --device).");
+    }
+
     /// <summary>Applies --threads and returns the thread count in force.</summary>
     public static int Threads(CommandLine line, int fallback = 0)
     {

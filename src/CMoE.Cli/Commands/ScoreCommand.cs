@@ -13,12 +13,15 @@ internal sealed class ScoreCommand : ICommand
 
     public string Usage => $"""
         cmoe score --model <zip|folder> --input <tsv> --text-column <name> --out <tsv> [--max-tokens 512]
-                   [--batch 8] [--embeddings] {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage}
+                   [--batch 8] [--embeddings] {CommonOptions.WeightsUsage} {CommonOptions.ThreadsUsage}
+                   {CommonOptions.DeviceUsage}
           The input is a tab-separated file with a header row. The output holds every input column plus the
           model's output columns: for a model folder (dense or carved), Perplexity and LogLikelihood (and
           Embedding with --embeddings, values separated by spaces); for a model zip saved by
           mlContext.Model.Save, every scalar or float-vector column its pipeline adds (e.g. Probability).
-          --max-tokens and --batch apply to a model folder; a zip keeps the settings it was saved with.
+          --max-tokens, --batch and --weights (the format the model is held in: default fp32 for a Hugging Face
+          folder, the recorded format for a carved folder) apply to a model folder; a zip keeps the settings and
+          weights it was saved with.
           Empty text scores Perplexity NaN and LogLikelihood 0. The output is written to a temporary file and
           moved into place when complete.
         """;
@@ -34,12 +37,15 @@ internal sealed class ScoreCommand : ICommand
         int maxTokens = line.Int("max-tokens", 512, min: 2);
         int batch = line.Int("batch", 8, min: 1);
         bool embeddings = line.Flag("embeddings");
+        var weights = CommonOptions.Weights(line);
         var device = CommonOptions.Device(line);
         CommonOptions.Threads(line);
         line.RejectUnknown();
         if (device.type != TorchSharp.DeviceType.CPU)
             throw new UsageException($"score runs the ML.NET layer on the CPU; drop --device {device.type.ToString().ToLowerInvariant()}.");
         if (!File.Exists(input)) throw new FileNotFoundException($"Input file '{input}' does not exist.");
+        if (weights is not null && File.Exists(modelPath))
+            throw new UsageException($"--weights applies to a model folder; the zip '{modelPath}' keeps the weights it was saved with. Drop --weights, or save the pipeline again with ScoringOptions.Weights = {weights}.");
 
         var ml = new MLContext(seed: 0);
         string[] header = (File.ReadLines(input).FirstOrDefault() ?? "").Split('\t');
@@ -59,7 +65,7 @@ internal sealed class ScoreCommand : ICommand
             model = ml.Transforms.ScoreWithLanguageModel(new LanguageModelScoringEstimator.Options
             {
                 ModelFolder = modelPath, TextColumnName = textColumn, MaxTokens = maxTokens, BatchSize = batch,
-                EmbeddingColumnName = embeddings ? "Embedding" : null,
+                EmbeddingColumnName = embeddings ? "Embedding" : null, Weights = weights,
             }).Fit(data);
         }
         else if (File.Exists(modelPath))

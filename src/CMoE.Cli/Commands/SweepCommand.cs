@@ -21,7 +21,8 @@ internal sealed class SweepCommand : ICommand
                    [--layouts S1A1E8,S2A2E16,...] [--search grid|random] [--trials N] [--budget-minutes N]
                    [--max-windows 64] [--samples 8] [--seq-len 512] [--seed 0] [--k-act 10[,20..]]
                    [--score cosine[,raw]] [--iterations 1] [--decode-tokens 32] [--decode-runs 3]
-                   [--target 0.5] [--no-dense] {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage} [--json]
+                   [--target 0.5] [--no-dense] {CommonOptions.WeightsUsage} {CommonOptions.ThreadsUsage}
+                   {CommonOptions.DeviceUsage} [--json]
           Profiles the calibration windows ONCE per (score, K_a) on the dense model and carves every layout from
           that profile (one-pass profiling: figures differ slightly from the sequential `cmoe carve`).
           Without --layouts the standard space (e in 8,16,32; active fraction 1/8..3/4) is searched, {StandardTrials} trials
@@ -29,6 +30,8 @@ internal sealed class SweepCommand : ICommand
           decode tokens/s (greedy, KV cache, median of the runs), active FFN fraction and active parameters.
           Writes sweep.json, sweep.md and pareto.png into --out (a temporary folder moved into place).
           --target: the largest active FFN fraction for the recommended layout.
+          --weights: the format every model is measured in (perplexity and tokens/s); profiling and carving run on
+          fp32 weights, then each model is converted (CPU only; default fp32).
         """;
 
     public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose", "no-dense" };
@@ -55,9 +58,11 @@ internal sealed class SweepCommand : ICommand
         double target = line.Double("target", 0.5, min: 0);
         bool noDense = line.Flag("no-dense");
         bool json = line.Flag("json");
+        var weights = CommonOptions.Weights(line) ?? Modeling.Weights.WeightFormat.Fp32;
         var device = CommonOptions.Device(line);
         int threads = CommonOptions.Threads(line);
         line.RejectUnknown();
+        CommonOptions.RequireCpuFor(weights, device);
 
         var config = CommonOptions.DenseConfig(modelDir, "sweep");
         var space = layouts is null
@@ -83,6 +88,7 @@ internal sealed class SweepCommand : ICommand
             DecodeTokens = decodeTokens,
             DecodeRuns = decodeRuns,
             IncludeDense = !noDense,
+            Weights = weights,
         };
         var experiment = new SweepExperiment(() => ModelFolder.Load(modelDir, device: device), windows, options);
         var result = experiment.Run(new SyncProgress<SweepProgress>(p => Terminal.Info(p.Message)), cancel);
@@ -105,6 +111,7 @@ internal sealed class SweepCommand : ICommand
             ["decode_runs"] = decodeRuns,
             ["threads"] = threads,
             ["device"] = device.ToString(),
+            ["weights"] = weights.ToString(),
             ["profiling"] = "one-pass (dense model), reused across trials",
         };
         string title = $"CMoE sweep: {modelName}, {result.MetricName} on {evalName}";

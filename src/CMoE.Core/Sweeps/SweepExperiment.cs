@@ -82,8 +82,7 @@ public sealed class SweepExperiment
                 if (options.IncludeDense)
                 {
                     cancel.ThrowIfCancellationRequested();
-                    double metric = options.Metric.Evaluate(model);
-                    double speed = Speed(model, options);
+                    var (metric, speed, _) = Measure(model, options);
                     dense = new DenseReference(ActiveParameters.Dense(config), metric, speed);
                     Log(string.Create(CultureInfo.InvariantCulture, $"dense: {options.Metric.Name} {metric:F3}, {speed:F1} tokens/s"));
                 }
@@ -103,10 +102,7 @@ public sealed class SweepExperiment
                 Log($"trial {trials.Count + 1}/{planned}: carving {candidate} from the cached profile (no re-profiling)");
                 var report = MoeCarver.CarveFromProfile(model, profile, candidate.Layout, options.Iterations, cancel: cancel);
                 cancel.ThrowIfCancellationRequested();
-                var t1 = Stopwatch.GetTimestamp();
-                double metric = options.Metric.Evaluate(model);
-                double metricSeconds = Stopwatch.GetElapsedTime(t1).TotalSeconds;
-                double speed = Speed(model, options);
+                var (metric, speed, metricSeconds) = Measure(model, options);
                 var trial = new SweepTrial(trials.Count, candidate, candidate.Layout.ActiveFraction,
                     ActiveParameters.Carved(config, candidate.Layout), metric, speed, report.Seconds, metricSeconds);
                 trials.Add(trial);
@@ -121,6 +117,17 @@ public sealed class SweepExperiment
         var marked = SweepResult.MarkPareto(trials, options.Metric.LowerIsBetter);
         return new SweepResult(options.Metric.Name, options.Metric.LowerIsBetter, marked, dense, profiles.Count, profileSeconds,
             clock.Elapsed.TotalSeconds, order.Count - trials.Count, stoppedByTime);
+    }
+
+    /// <summary>The metric, its seconds and the decode speed of <paramref name="model"/> in <see cref="SweepOptions.Weights"/>.</summary>
+    private static (double Metric, double Speed, double MetricSeconds) Measure(LlamaForCausalLM model, SweepOptions options)
+    {
+        using var converted = options.Weights.Kind == Modeling.Weights.WeightKind.Fp32 ? null : Modeling.Weights.ModelConversion.Convert(model, options.Weights);
+        var measured = converted ?? model;
+        var t0 = Stopwatch.GetTimestamp();
+        double metric = options.Metric.Evaluate(measured);
+        double seconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        return (metric, Speed(measured, options), seconds);
     }
 
     private static double Speed(LlamaForCausalLM model, SweepOptions options) =>

@@ -38,6 +38,13 @@ public sealed record SweepOptions
     /// <summary>Timed decode-speed runs (the median is reported).</summary>
     public int DecodeRuns { get; init; } = 3;
 
+    /// <summary>
+    /// The weight format every measurement (dense and each trial's perplexity and tokens/s) runs in. Profiling and carving
+    /// always run on fp32 weights; each model is then converted (bf16 or int8, as <c>cmoe eval --weights</c> would load it).
+    /// Default fp32.
+    /// </summary>
+    public Modeling.Weights.WeightFormat Weights { get; init; } = Modeling.Weights.WeightFormat.Fp32;
+
     /// <summary>Also measure the dense model (the reference point; not a trial, not on the fronts).</summary>
     public bool IncludeDense { get; init; } = true;
 

@@ -5,6 +5,7 @@ using CMoE.Modeling;
 using CMoE.Modeling.IO;
 using CMoE.Modeling.MoE;
 using CMoE.Modeling.Tokenization;
+using CMoE.Modeling.Weights;
 using static TorchSharp.torch;
 
 namespace CMoE.MLNet.Scoring;
@@ -37,8 +38,14 @@ internal sealed class LanguageModelHandle : IDisposable
         Layout = layout;
     }
 
-    /// <summary>The model (CPU, float32).</summary>
-    public LlamaForCausalLM Model { get; }
+    /// <summary>Payload entry file recording the weight format of a dense model held in bf16/int8 (see <see cref="AddTo"/>).</summary>
+    internal const string WeightsRecordFile = "cmoe-weights.json";
+
+    /// <summary>The model (CPU; fp32 activations, weights in <see cref="Weights"/>).</summary>
+    public LlamaForCausalLM Model { get; private set; }
+
+    /// <summary>The format the model's weights are held in.</summary>
+    public WeightFormat Weights => Model.Precision.Weights;
 
     /// <summary>The tokenizer of the model folder.</summary>
     public TextTokenizer Tokenizer { get; }
@@ -55,17 +62,43 @@ internal sealed class LanguageModelHandle : IDisposable
     /// <summary>Provenance stored in a carved folder's config (layout, calibration, ...).</summary>
     public JsonObject? Provenance { get; set; }
 
-    /// <summary>Loads a dense Hugging Face folder or a carved folder.</summary>
+    /// <summary>
+    /// Loads a dense Hugging Face folder or a carved folder, with its weights in <paramref name="weights"/> (null: the folder's
+    /// format, fp32 for a Hugging Face folder; bf16/int8 are converted tensor by tensor while loading).
+    /// </summary>
     /// <exception cref="DirectoryNotFoundException">No such folder.</exception>
-    public static LanguageModelHandle FromFolder(string folder)
+    public static LanguageModelHandle FromFolder(string folder, WeightFormat? weights = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(folder);
         if (!Directory.Exists(folder))
             throw new DirectoryNotFoundException($"Model folder '{folder}' not found; pass a Hugging Face LLaMA folder (config.json, *.safetensors, tokenizer) or a carved folder.");
         string full = Path.GetFullPath(folder);
         var tokenizer = TokenizerLoader.FromFolder(full);
-        var model = ModelFolder.Load(full);
-        return new LanguageModelHandle(model, tokenizer, full, full, ReadLayout(full));
+        var model = ModelFolder.Load(full, weights);
+        // A carved folder is this model's exact copy only in the format it records; otherwise saving writes a fresh one.
+        bool exact = !ModelFolder.IsCarved(full) || ModelFolder.RecordedWeights(full) == model.Precision.Weights;
+        return new LanguageModelHandle(model, tokenizer, full, exact ? full : null, ReadLayout(full));
+    }
+
+    /// <summary>
+    /// Holds the weights in <paramref name="weights"/> from now on (null or the current format: nothing changes): the model is
+    /// converted (bf16, or int8 quantized matrix by matrix) and the fp32 copy freed. Stages that carve or train call this last.
+    /// </summary>
+    public void UseWeights(WeightFormat? weights)
+    {
+        if (weights is null || weights == Weights) return;
+        var converted = ModelConversion.Convert(Model, weights);
+        Model.Dispose();
+        Model = converted;
+        if (IsCarved) _exactFolder = null;   // a carved folder records its format: the next save writes one in the new format
+    }
+
+    /// <summary>Throws naming <paramref name="stage"/> unless the weights are fp32 (profiling, carving and training need them).</summary>
+    public void RequireFp32(string stage)
+    {
+        if (Weights.Kind != WeightKind.Fp32)
+            throw new InvalidOperationException(
+                $"{stage}: the upstream stage holds its model in {Weights} weights, and {stage} needs fp32 weights. Set Weights only on the last stage of the chain (leave it null upstream).");
     }
 
     /// <summary>An independent copy (same tokenizer, copied weights), so one stage can change it without touching another's.</summary>
@@ -92,16 +125,41 @@ internal sealed class LanguageModelHandle : IDisposable
 
     // Header layout (inside the transformer's own header, written by AddTo, read by Load):
     //   i32 N, then N x string file name (payload entry "lm-" + name holds the file's bytes).
+    // The files are a model folder: a carved model's is a carved folder in the weights it is held in (format version 2 for
+    // bf16/int8, so they are stored as such); a dense model's is its source checkpoint, unchanged, plus, when it is held in
+    // bf16 or int8, "cmoe-weights.json" = {"weights": "int8:64"}, the format Load converts it to (quantization is
+    // deterministic: the reloaded weights are identical).
     /// <summary>Writes the model's file list into the payload header and adds the files as entries.</summary>
     public void AddTo(ModelPayload payload)
     {
         string folder = EnsureFolder();
         var files = ModelFiles(folder);
-        payload.Header.Write(files.Count);
+        bool record = !IsCarved && Weights.Kind != WeightKind.Fp32;
+        payload.Header.Write(files.Count + (record ? 1 : 0));
         foreach (string file in files)
         {
             payload.Header.Write(file);
             payload.AddFile(EntryPrefix + file, Path.Combine(folder, file));
+        }
+        if (record)
+        {
+            payload.Header.Write(WeightsRecordFile);
+            payload.Add(EntryPrefix + WeightsRecordFile, System.Text.Encoding.UTF8.GetBytes(new JsonObject { ["weights"] = Weights.ToString() }.ToJsonString()));
+        }
+    }
+
+    /// <summary>The weight format a zip's <see cref="WeightsRecordFile"/> names, or null when the folder has none.</summary>
+    private static WeightFormat? RecordedZipWeights(string folder)
+    {
+        string path = Path.Combine(folder, WeightsRecordFile);
+        if (!File.Exists(path)) return null;
+        try
+        {
+            return WeightFormat.Parse(JsonNode.Parse(File.ReadAllText(path))?["weights"]?.GetValue<string>() ?? "");
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or ArgumentException)
+        {
+            throw new CMoEFormatException($"The model zip's {WeightsRecordFile} does not name a weight format this CMoE.MLNet knows ({e.Message}). Upgrade CMoE.MLNet, or save the model again.", e);
         }
     }
 
@@ -122,7 +180,7 @@ internal sealed class LanguageModelHandle : IDisposable
                     throw new CMoEFormatException($"The CMoE language-model entry names an invalid file '{file}'; the model zip is corrupt.");
                 payload.ExtractTo(EntryPrefix + file, Path.Combine(folder, file));
             }
-            var handle = FromFolder(folder);
+            var handle = FromFolder(folder, RecordedZipWeights(folder));
             handle._folders.Add(folder);
             return handle;
         }
@@ -140,7 +198,7 @@ internal sealed class LanguageModelHandle : IDisposable
         if (!IsCarved)
             throw new InvalidOperationException("A dense model changed in memory cannot be saved; only carved models are written back.");
         string folder = NewTempFolder("cmoe-carved-");
-        CarvedFolder.Save(Model, _sourceFolder, folder, Layout ?? "unknown", Provenance);
+        CarvedFolder.Save(Model, _sourceFolder, folder, Layout ?? "unknown", Provenance);   // in the model's weight format
         _folders.Add(folder);
         _exactFolder = folder;
         return folder;

@@ -30,6 +30,29 @@ public class CarveAndEvalCliTests
         result["threads"]!.GetValue<int>().Should().Be(1);
     }
 
+    [Fact]
+    public void CarveWritesTheRequestedWeightFormatAndStreamingRefusesIt()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir["text.txt"], string.Concat(Enumerable.Repeat(Text, 40)));
+        var carve = CliRunner.Run("carve", "--model", TestPaths.EmbeddedModel, "--calibration", dir["text.txt"], "--layout", "S2A2E16",
+            "--samples", "2", "--seq-len", "64", "--threads", "1", "--weights", "int8", "--out", dir["carved"], "--json");
+        carve.ExitCode.Should().Be(0, carve.StdErr);
+        JsonNode.Parse(carve.StdOut)!["weights"]!.GetValue<string>().Should().Be("int8");
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir["carved"], "config.json")))!;
+        config["cmoe"]!["version"]!.GetValue<int>().Should().Be(2);
+        config["cmoe"]!["weights"]!.GetValue<string>().Should().Be("int8");
+        var eval = CliRunner.Run("eval", "--model", dir["carved"], "--text", dir["text.txt"], "--seq-len", "64", "--max-windows", "2", "--threads", "1", "--json");
+        eval.ExitCode.Should().Be(0, eval.StdErr);
+        JsonNode.Parse(eval.StdOut)!["weights"]!.GetValue<string>().Should().Be("int8", "a carved folder loads in the format it records");
+
+        var streaming = CliRunner.Run("carve", "--model", TestPaths.EmbeddedModel, "--calibration", dir["text.txt"], "--layout", "S2A2E16",
+            "--samples", "2", "--seq-len", "64", "--streaming", "--weights", "bf16", "--out", dir["streamed"]);
+        streaming.ExitCode.Should().NotBe(0);
+        streaming.StdErr.Should().Contain("--streaming writes fp32");
+        Directory.Exists(dir["streamed"]).Should().BeFalse();
+    }
+
     [Theory]
     [InlineData("S2A2E2048", "at least one neuron")]
     [InlineData("S9A9E8", "S9A9E8")]

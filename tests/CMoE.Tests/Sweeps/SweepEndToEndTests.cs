@@ -69,6 +69,23 @@ public class SweepEndToEndTests
     }
 
     [Fact]
+    public void EveryMeasurementRunsInTheRequestedWeightFormat()
+    {
+        TorchTestSetup.Pin();
+        string model = TestPaths.EmbeddedModel;
+        var seen = new List<CMoE.Modeling.Weights.WeightFormat>();
+        var options = new SweepOptions
+        {
+            Space = SweepSpace.Parse("S1A1E8,S2A2E16"),
+            Metric = new SweepMetric("format", m => { seen.Add(m.Precision.Weights); return seen.Count; }),
+            Weights = CMoE.Modeling.Weights.WeightFormat.Int8,
+        };
+        var result = new SweepExperiment(() => ModelFolder.Load(model), new long[1, 16], options).Run();
+        result.Trials.Should().HaveCount(2);
+        seen.Should().HaveCount(3, "the dense reference and both trials").And.OnlyContain(w => w.Kind == CMoE.Modeling.Weights.WeightKind.Int8);
+    }
+
+    [Fact]
     public void CliWritesJsonMarkdownAndPng()
     {
         TorchTestSetup.Pin();

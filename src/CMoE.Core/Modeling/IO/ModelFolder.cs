@@ -21,6 +21,15 @@ public static class ModelFolder
     public static LlamaForCausalLM Load(string folder, WeightFormat? weights = null, Device? device = null) =>
         CheckpointLoader.Load(folder, weights is null ? null : Precision.Inference(weights), device, CarvedFolder.Configure);
 
+    /// <summary>The weight format the folder's config.json records (a version-2 carved folder), else fp32.</summary>
+    /// <exception cref="CMoEFormatException">The config names an unknown format or comes from a newer writer.</exception>
+    public static WeightFormat RecordedWeights(string folder)
+    {
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "config.json")))?.AsObject()
+            ?? throw new CMoEFormatException($"'{folder}/config.json' is not a JSON object.");
+        return CarvedFolder.RecordedWeights(config);
+    }
+
     /// <summary>Whether the folder holds a carved model (its config.json has a <c>cmoe</c> section).</summary>
     public static bool IsCarved(string folder)
     {
