@@ -27,7 +27,8 @@ internal sealed class BenchCommand : ICommand
           --synthetic builds the named shape with random weights (tinyllama-4l: TinyLlama-1.1B's layer shape,
           4 layers, vocab 8192). Figures are medians over --repeats repetitions (dense and carved alternate
           first) after one warm-up; the FFN figures time layer --ffn-layer's FFN alone on its real inputs.
-          --weights stores both models' weights in that format (carving runs in fp32 first); the report gives the weight
+          --weights stores both models' weights in that format (carving runs in fp32 first; with --carved both folders
+          load straight into it, so a model too large for memory in fp32 can be benched); the report gives the weight
           bytes each decoded token reads, the bandwidth that achieves and the machine's probed read bandwidth.
           --threads defaults to the machine's cores.
         """;
@@ -67,6 +68,7 @@ internal sealed class BenchCommand : ICommand
         LlamaForCausalLM dense, carved;
         string source, layout;
         double carveSeconds = 0;
+        bool loadedInFormat = false;
         if (synthetic is not null)
         {
             var config = SyntheticModels.Get(synthetic);
@@ -88,16 +90,19 @@ internal sealed class BenchCommand : ICommand
         {
             if (ModelFolder.IsCarved(modelDir!))
                 throw new UsageException($"'{modelDir}' is carved; pass the dense folder it came from as --model and the carved one as --carved");
-            dense = ModelFolder.Load(modelDir!, device: device);
             if (carvedDir is not null)
             {
                 if (!ModelFolder.IsCarved(carvedDir)) throw new UsageException($"--carved '{carvedDir}' is not a carved folder (its config.json has no cmoe section)");
-                carved = ModelFolder.Load(carvedDir, device: device);
+                // Nothing to carve: both load straight into the requested format (a 7B model never exists in fp32 here).
+                dense = ModelFolder.Load(modelDir!, weights, device);
+                carved = ModelFolder.Load(carvedDir, weights, device);
+                loadedInFormat = true;
                 var shape = ((MoeBlock)carved.Model.Layers[0].Mlp).Shape;
                 layout = LayoutName(shape);
             }
             else
             {
+                dense = ModelFolder.Load(modelDir!, device: device);
                 var parsed = MoeLayout.Parse(layoutText ?? "S2A2E16");
                 parsed.Validate(dense.Config.IntermediateSize);
                 carved = ModelFolder.Load(modelDir!, device: device);
@@ -109,7 +114,7 @@ internal sealed class BenchCommand : ICommand
             }
             source = Path.GetFullPath(modelDir!);
         }
-        if (weights.Kind != Modeling.Weights.WeightKind.Fp32)
+        if (weights.Kind != Modeling.Weights.WeightKind.Fp32 && !loadedInFormat)
         {
             Terminal.Info($"bench: storing both models' weights as {weights}");
             (dense, carved) = (Converted(dense, weights), Converted(carved, weights));
