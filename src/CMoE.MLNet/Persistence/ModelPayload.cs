@@ -462,8 +462,10 @@ internal sealed class ModelPayloadReader
         for (int p = 0; p < count; p++)
         {
             parts[p] = body.ReadInt64();
-            if (parts[p] <= 0 || parts[p] > length - sum)
-                throw new CMoEFormatException($"{where}: entry '{entry}' part {p} has length {parts[p]}, which does not fit the entry's {length} bytes; the model zip is corrupt. Save it again.");
+            if (parts[p] <= 0)
+                throw new CMoEFormatException($"{where}: entry '{entry}' part {p} has length {parts[p]}; part lengths are positive. The model zip is corrupt. Save it again.");
+            if (parts[p] > length - sum)
+                throw new CMoEFormatException($"{where}: entry '{entry}' parts 0-{p} hold more than the entry's {length} bytes; the model zip is corrupt. Save it again.");
             sum += parts[p];
         }
         if (count > 0 && sum != length)
