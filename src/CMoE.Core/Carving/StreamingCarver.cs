@@ -84,6 +84,25 @@ public static class StreamingCarver
         {
             checkpoint = CarveCheckpoint.Start(staging, inputs, config.NumLayers);     // a folder without a manifest holds nothing committed
         }
+        try
+        {
+            var report = Build(sourceFolder, calibration, options, outputFolder, provenance, progress, cancel, config, shape, checkpoint);
+            Directory.Delete(staging, recursive: true);
+            return report with { Seconds = clock.Elapsed.TotalSeconds };
+        }
+        catch when (checkpoint.LayersDone == 0 && Directory.Exists(staging))
+        {
+            Directory.Delete(staging, recursive: true);   // nothing committed: nothing to resume, no folder left behind
+            throw;
+        }
+    }
+
+    /// <summary>Carves the layers <paramref name="checkpoint"/> has not done, committing each, and writes the output folder.</summary>
+    private static CarveReport Build(string sourceFolder, Tensor calibration, CarveOptions options, string outputFolder, JsonObject? provenance,
+        IProgress<(int Done, int Total)>? progress, CancellationToken cancel, LlamaConfig config, MoeShape shape, CarveCheckpoint checkpoint)
+    {
+        var layout = options.Layout;
+        string staging = checkpoint.Folder;
         var specs = StateDictLayout.Specs(config, shape);
         string fix = $"Delete '{staging}' and rerun without --resume to start over.";
         using var weights = WeightSet.Open(sourceFolder);
@@ -147,8 +166,7 @@ public static class StreamingCarver
             CarvedFolder.WriteConfigAndTokenizer(tmp, sourceFolder, shape, layout.ToString(), provenance);
             File.Move(checkpoint.ModelPath, Path.Combine(tmp, "model.safetensors"));   // last: a failure before it keeps the staging file
         });
-        Directory.Delete(staging, recursive: true);
-        return new CarveReport(layout, clock.Elapsed.TotalSeconds, checkpoint.Reports, layout.ActiveFraction);
+        return new CarveReport(layout, 0, checkpoint.Reports, layout.ActiveFraction);
     }
 
     /// <summary>The <see cref="HaltAfterLayerVariable"/> test hook.</summary>
