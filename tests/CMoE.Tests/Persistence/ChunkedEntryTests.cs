@@ -16,7 +16,7 @@ namespace CMoE.Tests.Persistence;
 
 /// <summary>
 /// Payload entries cut into parts (container layout 2) and data over 2 GB: a chunked model zip scores identically after a
-/// reload, an unchunked one is still layout 1, and (where disk and memory allow; CMOE_LARGE_TESTS=0 skips them) a 2.2 GB tensor
+/// reload, an unchunked one is still layout 1, and (with CMOE_LARGE_TESTS=1, where disk and memory allow) a 2.2 GB tensor
 /// and a 2.2 GB zip entry round-trip.
 /// </summary>
 public sealed class ChunkedEntryTests(ITestOutputHelper output) : IDisposable
