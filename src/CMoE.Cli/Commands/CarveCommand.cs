@@ -14,19 +14,23 @@ internal sealed class CarveCommand : ICommand
     public string Usage => $"""
         cmoe carve --model <hf-folder> --calibration <text> --layout S2A2E16 --out <folder>
                    [--samples 8] [--seq-len 512] [--k-act 10] [--score cosine|raw] [--iterations 1]
-                   [--seed 0] [--streaming] {CommonOptions.WeightsUsage} {CommonOptions.ThreadsUsage}
+                   [--seed 0] [--streaming [--resume]] {CommonOptions.WeightsUsage} {CommonOptions.ThreadsUsage}
                    {CommonOptions.DeviceUsage} [--json]
           Calibration windows = `samples` random windows of seq-len tokens from BOS + encode(file), drawn with seed.
           Layout S{"{s}"}A{"{a}"}E{"{e}"}: e experts of d_h/e neurons, s shared (always on), a routed active per token.
           The output folder (config.json with a cmoe section, model.safetensors, tokenizer files) is written
           under a temporary name and moved into place. --streaming carves from disk to disk with one decoder
-          layer in memory at a time (CPU; byte-identical output), for models larger than memory.
+          layer in memory at a time (CPU; byte-identical output), for models larger than memory. It keeps its
+          progress in <out>.partial, committed layer by layer: after a kill or Ctrl+C, rerun the same command with
+          --resume to continue from the last completed layer (same bytes as an uninterrupted carve; the inputs and
+          options must match, or it says which differs). Without --resume an interrupted carve there is an error
+          (delete the folder to start over); with --resume and nothing to resume it starts from the first layer.
           --weights: the format of the weights written (carving itself runs on fp32 weights; bf16 and int8 folders
           are format version 2, which eval, score, bench and the ML.NET estimators load as they are). Not with
           --streaming, which writes fp32; load its output with --weights instead.
         """;
 
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose", "streaming" };
+    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose", "streaming", "resume" };
 
     public int Run(CommandLine line, CancellationToken cancel)
     {
@@ -46,10 +50,13 @@ internal sealed class CarveCommand : ICommand
         };
         bool json = line.Flag("json");
         bool streaming = line.Flag("streaming");
+        bool resume = line.Flag("resume");
         var weights = CommonOptions.Weights(line) ?? Modeling.Weights.WeightFormat.Fp32;
         var device = CommonOptions.Device(line);
         int threads = CommonOptions.Threads(line);
         line.RejectUnknown();
+        if (resume && !streaming)
+            throw new UsageException("--resume continues an interrupted --streaming carve; add --streaming (an in-memory carve keeps no progress to resume).");
         if (streaming && weights.Kind != Modeling.Weights.WeightKind.Fp32)
             throw new UsageException($"--streaming writes fp32 weights; drop --weights {weights} and load the carved folder with `cmoe eval|score|bench --weights {weights}` (it converts tensor by tensor while loading), or carve without --streaming.");
         if (weights.Kind != Modeling.Weights.WeightKind.Fp32 && device.type != TorchSharp.DeviceType.CPU)
@@ -74,13 +81,17 @@ internal sealed class CarveCommand : ICommand
         };
         if (weights.Kind != Modeling.Weights.WeightKind.Fp32) provenance["weights"] = weights.ToString();
         CarveReport report;
+        bool resumed = false;
         using (var bar = Terminal.Progress($"carve {layout}"))
         {
             var progress = new Progress<(int Done, int Total)>(p => bar.Report((double)p.Done / p.Total, $"layer {p.Done}/{p.Total}"));
             if (streaming)
             {
                 if (device.type != TorchSharp.DeviceType.CPU) throw new ArgumentException("--streaming carves on the CPU; drop --device cuda.");
-                report = StreamingCarver.Carve(modelDir, calibration, options, outDir, provenance, progress, cancel);
+                resumed = resume && StreamingCarver.HasInterruptedCarve(outDir);
+                if (resume && !resumed)
+                    Console.Error.WriteLine($"cmoe carve: nothing to resume in '{StreamingCarver.StagingFolder(outDir)}'; carving from the first layer");
+                report = StreamingCarver.Carve(modelDir, calibration, options, outDir, provenance, progress, cancel, resume);
             }
             else
             {
@@ -114,6 +125,7 @@ internal sealed class CarveCommand : ICommand
                 ["device"] = device.ToString(),
                 ["options"] = provenance,
                 ["streaming"] = streaming,
+                ["resumed"] = resumed,
                 ["weights"] = weights.ToString(),
                 ["peak_rss_mb"] = ProcessMemory.PeakRssMb(),
             });

@@ -16,11 +16,50 @@ namespace CMoE.Carving;
 /// model larger than RAM can be carved. The output is byte-identical to carving in memory and saving with
 /// <see cref="CarvedFolder.Save"/>.
 /// </summary>
+/// <remarks>
+/// The carve is built in the staging folder <c>&lt;out&gt;.partial</c> and committed layer by layer (see
+/// <see cref="CarveCheckpoint"/>): a killed or cancelled carve leaves it behind, and a call with <c>resume</c> continues
+/// from the last completed layer to the same bytes an uninterrupted carve writes. When every layer is done the model
+/// file is moved into a temporary output folder with config.json and the tokenizer files, that folder replaces the
+/// output (<see cref="AtomicFolder"/>), and the staging folder is deleted.
+/// </remarks>
 public static class StreamingCarver
 {
-    /// <summary>Carves the dense model in <paramref name="sourceFolder"/> into the carved folder <paramref name="outputFolder"/> (written atomically).</summary>
+    /// <summary>
+    /// Test hook: after this many layers the carve stops where it is (it writes one line on stderr and sleeps) so a
+    /// test can kill the process at a known point. With <see cref="HaltBeforeCommitVariable"/> = 1 it stops after
+    /// writing that layer's tensors but before committing it.
+    /// </summary>
+    internal const string HaltAfterLayerVariable = "CMOE_TEST_HALT_AFTER_LAYER";
+
+    /// <summary>See <see cref="HaltAfterLayerVariable"/>.</summary>
+    internal const string HaltBeforeCommitVariable = "CMOE_TEST_HALT_BEFORE_COMMIT";
+
+    /// <summary>The staging folder a streaming carve into <paramref name="outputFolder"/> keeps its progress in.</summary>
+    public static string StagingFolder(string outputFolder) => CarveCheckpoint.FolderFor(outputFolder);
+
+    /// <summary>Whether an interrupted streaming carve into <paramref name="outputFolder"/> left a committed layer to resume from.</summary>
+    public static bool HasInterruptedCarve(string outputFolder) => CarveCheckpoint.Exists(StagingFolder(outputFolder));
+
+    /// <summary>
+    /// Carves the dense model in <paramref name="sourceFolder"/> into the carved folder <paramref name="outputFolder"/>
+    /// (written atomically), keeping its progress in <see cref="StagingFolder"/>.
+    /// </summary>
+    /// <param name="sourceFolder">The dense model folder.</param>
+    /// <param name="calibration">Calibration token windows [samples, seq_len].</param>
+    /// <param name="options">Layout and knobs.</param>
+    /// <param name="outputFolder">The carved folder to write.</param>
+    /// <param name="provenance">Stored in config.json; part of what a resumed carve must match.</param>
+    /// <param name="progress">Receives (layers done, layers total).</param>
+    /// <param name="cancel">Cancels between layers; the staging folder is kept for <paramref name="resume"/>.</param>
+    /// <param name="resume">Continue the interrupted carve in the staging folder (it must have been started from the same
+    /// source, calibration, options and provenance); without it an interrupted carve there is an error. With no
+    /// interrupted carve to continue, the carve starts from the first layer.</param>
+    /// <exception cref="ArgumentException">An interrupted carve is in the way (without <paramref name="resume"/>), or it
+    /// was started from other inputs (with it); the message names the difference and the fix.</exception>
     public static CarveReport Carve(string sourceFolder, Tensor calibration, CarveOptions options, string outputFolder,
-        JsonObject? provenance = null, IProgress<(int Done, int Total)>? progress = null, CancellationToken cancel = default)
+        JsonObject? provenance = null, IProgress<(int Done, int Total)>? progress = null, CancellationToken cancel = default,
+        bool resume = false)
     {
         var config = LlamaConfig.Load(sourceFolder);
         options.Validate(config.IntermediateSize);
@@ -32,57 +71,112 @@ public static class StreamingCarver
         int dh = config.IntermediateSize;
         var shape = new MoeShape(config.HiddenSize, layout.SharedSize(dh), layout.Routed, layout.ExpertSize(dh), layout.Active);
         var clock = Stopwatch.StartNew();
-        var reports = new List<LayerCarveReport>();
-        using var weights = WeightSet.Open(sourceFolder);
-        AtomicFolder.Write(outputFolder, tmp =>
+        string staging = StagingFolder(outputFolder);
+        var inputs = CarveCheckpoint.DescribeInputs(sourceFolder, calibration, options, provenance);
+        CarveCheckpoint checkpoint;
+        if (CarveCheckpoint.Exists(staging))
         {
-            CarvedFolder.WriteConfigAndTokenizer(tmp, sourceFolder, shape, layout.ToString(), provenance);
-            using var writer = new SafeTensorsStreamWriter(Path.Combine(tmp, "model.safetensors"), StateDictLayout.Specs(config, shape), CarvedFolder.WeightsMetadata);
-            using var noGrad = no_grad();
-            using var ids = calibration.to(ScalarType.Int64);
-            using var rope = new RotaryEmbedding(config);
-            var (cos, sin) = rope.Get(0, ids.shape[1], CPU, ScalarType.Float32);
-            using var cosScope = cos;
-            using var sinScope = sin;
-            List<Tensor> hidden;
-            var buffers = new List<(string Name, Tensor Value)>();   // written last: the model's state dict lists every parameter, then every buffer
-            using (var embeddings = new TokenEmbedding(config.VocabSize, config.HiddenSize))
+            if (!resume)
+                throw new ArgumentException($"'{staging}' holds an interrupted carve of '{outputFolder}'. Add --resume to continue it from its last completed layer, or delete '{staging}' to start over.");
+            checkpoint = CarveCheckpoint.Open(staging, inputs, config.NumLayers);
+        }
+        else
+        {
+            checkpoint = CarveCheckpoint.Start(staging, inputs, config.NumLayers);     // a folder without a manifest holds nothing committed
+        }
+        try
+        {
+            var report = Build(sourceFolder, calibration, options, outputFolder, provenance, progress, cancel, config, shape, checkpoint);
+            Directory.Delete(staging, recursive: true);
+            return report with { Seconds = clock.Elapsed.TotalSeconds };
+        }
+        catch when (checkpoint.LayersDone == 0 && Directory.Exists(staging))
+        {
+            Directory.Delete(staging, recursive: true);   // nothing committed: nothing to resume, no folder left behind
+            throw;
+        }
+    }
+
+    /// <summary>Carves the layers <paramref name="checkpoint"/> has not done, committing each, and writes the output folder.</summary>
+    private static CarveReport Build(string sourceFolder, Tensor calibration, CarveOptions options, string outputFolder, JsonObject? provenance,
+        IProgress<(int Done, int Total)>? progress, CancellationToken cancel, LlamaConfig config, MoeShape shape, CarveCheckpoint checkpoint)
+    {
+        var layout = options.Layout;
+        string staging = checkpoint.Folder;
+        var specs = StateDictLayout.Specs(config, shape);
+        string fix = $"Delete '{staging}' and rerun without --resume to start over.";
+        using var weights = WeightSet.Open(sourceFolder);
+        using var noGrad = no_grad();
+        using var ids = calibration.to(ScalarType.Int64);
+        using var rope = new RotaryEmbedding(config);
+        var (cos, sin) = rope.Get(0, ids.shape[1], CPU, ScalarType.Float32);
+        using var cosScope = cos;
+        using var sinScope = sin;
+        List<Tensor> hidden;
+        List<(string Name, Tensor Value)> buffers;   // written last: the model's state dict lists every parameter, then every buffer
+        SafeTensorsStreamWriter writer;
+        if (checkpoint.LayersDone == 0)
+        {
+            writer = SafeTensorsStreamWriter.Continue(checkpoint.ModelPath, specs, CarvedFolder.WeightsMetadata, 0, fix);
+            buffers = [];
+            using var embeddings = new TokenEmbedding(config.VocabSize, config.HiddenSize);
+            weights.LoadInto(embeddings, "model.embed_tokens.");
+            hidden = MoeCarver.Batches(ids, options.Batch).Select(b => embeddings.forward(b)).ToList();   // [b, t, d] each
+            WriteParameters(writer, embeddings, "model.embed_tokens.");
+        }
+        else
+        {
+            (hidden, buffers) = checkpoint.LoadState();
+            writer = SafeTensorsStreamWriter.Continue(checkpoint.ModelPath, specs, CarvedFolder.WeightsMetadata, checkpoint.TensorsWritten, fix);
+            progress?.Report((checkpoint.LayersDone, config.NumLayers));
+        }
+        ReleaseFreedMemory();
+        try
+        {
+            for (int l = checkpoint.LayersDone; l < config.NumLayers; l++)
             {
-                weights.LoadInto(embeddings, "model.embed_tokens.");
-                hidden = MoeCarver.Batches(ids, options.Batch).Select(b => embeddings.forward(b)).ToList();   // [b, t, d] each
-                WriteParameters(writer, embeddings, "model.embed_tokens.");
-            }
-            ReleaseFreedMemory();
-            try
-            {
-                for (int l = 0; l < config.NumLayers; l++)
-                {
-                    cancel.ThrowIfCancellationRequested();
-                    using var layer = new DecoderLayer(config);
-                    layer.eval();
-                    weights.LoadInto(layer, $"model.layers.{l}.");
-                    reports.Add(MoeCarver.CarveLayerSequential(layer, l, ref hidden, cos, sin, options));
-                    WriteParameters(writer, layer, $"model.layers.{l}.");
-                    foreach (var (key, b) in layer.named_buffers()) buffers.Add(($"model.layers.{l}.{key}", b.clone().DetachFromDisposeScope()));
-                    layer.Dispose();
-                    ReleaseFreedMemory();
-                    progress?.Report((l + 1, config.NumLayers));
-                }
-            }
-            finally
-            {
-                MoeCarver.DisposeAll(hidden);
+                cancel.ThrowIfCancellationRequested();
+                using var layer = new DecoderLayer(config);
+                layer.eval();
+                weights.LoadInto(layer, $"model.layers.{l}.");
+                var report = MoeCarver.CarveLayerSequential(layer, l, ref hidden, cos, sin, options);
+                WriteParameters(writer, layer, $"model.layers.{l}.");
+                foreach (var (key, b) in layer.named_buffers()) buffers.Add(($"model.layers.{l}.{key}", b.clone().DetachFromDisposeScope()));
+                layer.Dispose();
+                writer.Flush();
+                HaltForTests(l + 1, beforeCommit: true);
+                checkpoint.Commit(report, writer.Written, hidden, buffers);
+                HaltForTests(l + 1, beforeCommit: false);
+                ReleaseFreedMemory();
+                progress?.Report((l + 1, config.NumLayers));
             }
             CopyThrough(weights, writer, "model.norm.weight", [config.HiddenSize]);
             if (!config.TieWordEmbeddings) CopyThrough(weights, writer, "lm_head.weight", [config.VocabSize, config.HiddenSize]);
-            foreach (var (name, value) in buffers)
-            {
-                writer.Write(name, value);
-                value.Dispose();
-            }
+            foreach (var (name, value) in buffers) writer.Write(name, value);
             writer.Complete();
+        }
+        finally
+        {
+            writer.Dispose();                    // the staging file stays for --resume
+            MoeCarver.DisposeAll(hidden);
+            MoeCarver.DisposeAll(buffers.Select(b => b.Value));
+        }
+        AtomicFolder.Write(outputFolder, tmp =>
+        {
+            CarvedFolder.WriteConfigAndTokenizer(tmp, sourceFolder, shape, layout.ToString(), provenance);
+            File.Move(checkpoint.ModelPath, Path.Combine(tmp, "model.safetensors"));   // last: a failure before it keeps the staging file
         });
-        return new CarveReport(layout, clock.Elapsed.TotalSeconds, reports, layout.ActiveFraction);
+        return new CarveReport(layout, 0, checkpoint.Reports, layout.ActiveFraction);
+    }
+
+    /// <summary>The <see cref="HaltAfterLayerVariable"/> test hook.</summary>
+    private static void HaltForTests(int layersDone, bool beforeCommit)
+    {
+        if (Environment.GetEnvironmentVariable(HaltAfterLayerVariable) != layersDone.ToString(System.Globalization.CultureInfo.InvariantCulture)) return;
+        if ((Environment.GetEnvironmentVariable(HaltBeforeCommitVariable) == "1") != beforeCommit) return;
+        Console.Error.WriteLine($"halted after layer {layersDone} ({(beforeCommit ? "before" : "after")} its commit) for {HaltAfterLayerVariable}");
+        Console.Error.Flush();
+        Thread.Sleep(Timeout.Infinite);
     }
 
     /// <summary>

@@ -16,7 +16,8 @@ namespace CMoE.MLNet.Persistence;
 /// <remarks>
 /// <para>Save: <c>ModelSaveContext.CheckAtModel</c>, <c>SetVersionInfo(VersionInfo)</c> (model signature, version,
 /// loader signature = format name, loader assembly "CMoE.MLNet"), <c>SaveBinaryStream</c> once per payload entry
-/// (its own zip entry), then our body through <c>ModelSaveContext.Writer</c> (layout: <see cref="ModelPayload"/>).</para>
+/// (its own zip entry), or once per part for an entry over <see cref="ModelPayload.ChunkBytes"/> (ML.NET buffers a zip
+/// entry whole and fails above 2 GB; parts <c>name.part0000</c>, ... and layout 2 of the body), then our body through <c>ModelSaveContext.Writer</c> (layout: <see cref="ModelPayload"/>).</para>
 /// <para>Load: ML.NET finds a loader by the loader signature in the entry header, in the
 /// <see cref="ComponentCatalog"/> of the <see cref="MLContext"/> doing the load. Its registration attribute
 /// (<c>LoadableClassAttribute</c>) is internal, so C# cannot put it on our assembly. Instead, per transformer type we
@@ -60,21 +61,32 @@ internal static class MlNetBridge
             [f.ModelSignature, f.Version, f.Version, f.MinReadableVersion, LoaderAssemblyName, f.Name, null], null);
         Call(api.SetVersionInfo, ctx, version);
 
-        var stored = new List<(string Name, long Length)>(payload.Entries.Count);
-        foreach (var (name, write) in payload.Entries)
+        long chunk = ModelPayload.ChunkBytes;
+        var zipNames = new HashSet<string>(payload.EntryNames, StringComparer.OrdinalIgnoreCase);
+        var stored = new List<(string Name, long Length, long[] Parts)>(payload.Entries.Count);
+        foreach (var (name, open) in payload.Entries)
         {
-            long length = 0;
-            Action<BinaryWriter> writeEntry = w =>
+            using var source = open();
+            var pieces = ModelPayload.Split(name, source.Length, chunk);
+            foreach (var (zipName, offset, length) in pieces)
             {
-                w.Flush();
-                var s = w.BaseStream;
-                long start = s.Position;
-                write(s);
-                s.Flush();
-                length = s.Position - start;
-            };
-            Call(api.SaveBinaryStream, ctx, name, writeEntry);
-            stored.Add((name, length));
+                if (pieces.Count > 1 && !zipNames.Add(zipName))
+                    throw new InvalidOperationException($"Payload entry '{name}' is cut into parts, and part '{zipName}' has the name of another entry; rename that entry.");
+                long written = 0;
+                Action<BinaryWriter> writeEntry = w =>
+                {
+                    w.Flush();
+                    var s = w.BaseStream;
+                    long start = s.Position;
+                    source.Write(s, offset, length);
+                    s.Flush();
+                    written = s.Position - start;
+                };
+                Call(api.SaveBinaryStream, ctx, zipName, writeEntry);
+                if (written != length)
+                    throw new InvalidOperationException($"Payload entry '{zipName}': {written} bytes were stored, {length} expected.");
+            }
+            stored.Add((name, source.Length, pieces.Count > 1 ? pieces.Select(p => p.Length).ToArray() : []));
         }
         payload.WriteBody((BinaryWriter)api.SaveWriter.GetValue(ctx)!, stored);
     }

@@ -66,6 +66,13 @@ public class CarvedModelTests
             "the same inputs must give byte-identical carved weights");
         File.Exists(dir["run0/tokenizer.model"]).Should().BeTrue();
         Directory.GetDirectories(dir.Path).Should().HaveCount(2, "no temporary folder is left behind");
+
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+        var act = () => StreamingCarver.Carve(TestPaths.EmbeddedModel, calibration, options, dir["cancelled"], cancel: cancelled.Token);
+        act.Should().Throw<OperationCanceledException>();
+        StreamingCarver.HasInterruptedCarve(dir["cancelled"]).Should().BeFalse();
+        Directory.GetDirectories(dir.Path).Should().HaveCount(2, "a carve stopped before its first commit leaves no staging folder");
     }
 
     [Fact]

@@ -91,8 +91,15 @@ public sealed class SafeTensorsFile : IDisposable
             throw new CMoEFormatException($"Tensor '{name}' is not in '{Path}'. The checkpoint does not match the architecture in config.json.");
         var stored = ToScalarType(info.DType);
         var tensor = empty(info.Shape, stored);
-        if (info.End > info.Begin)
-            ReadExactly(tensor.bytes, _dataStart + info.Begin);     // straight into the tensor's memory
+        try
+        {
+            ReadInto(tensor, _dataStart + info.Begin);
+        }
+        catch
+        {
+            tensor.Dispose();
+            throw;
+        }
         if (dtype is { } target && target != stored)
         {
             var converted = tensor.to(target);
@@ -108,6 +115,22 @@ public sealed class SafeTensorsFile : IDisposable
         if (_disposed) return;
         _disposed = true;
         _file.Dispose();
+    }
+
+    /// <summary>
+    /// Reads the tensor's bytes from <paramref name="offset"/> straight into its memory, in chunks of at most
+    /// <see cref="SafeTensorsStreamWriter.ChunkBytes"/> (a span's length is an int: a tensor may exceed 2 GB).
+    /// </summary>
+    private void ReadInto(Tensor tensor, long offset)
+    {
+        using var flat = tensor.view(-1);                                        // [n], the tensor's memory
+        long count = flat.shape[0], step = Math.Max(1, SafeTensorsStreamWriter.ChunkBytes / flat.ElementSize);
+        for (long start = 0; start < count; start += step)
+        {
+            long n = Math.Min(step, count - start);
+            using var part = flat.narrow(0, start, n);
+            ReadExactly(part.bytes, offset + start * flat.ElementSize);
+        }
     }
 
     private void ReadExactly(Span<byte> target, long offset)
