@@ -76,7 +76,7 @@ internal sealed class CarveCheckpoint
 
     /// <summary>
     /// The record of what a carve is computed from: the source folder's files (name, length, modification time; the
-    /// SHA-256 of config.json), the options, the calibration windows' SHA-256 and the caller's provenance (calibration
+    /// SHA-256 of config.json), the options (with the thread count), the calibration windows' SHA-256 and the caller's provenance (calibration
     /// file, samples, seq_len, seed, ...).
     /// </summary>
     public static JsonObject DescribeInputs(string sourceFolder, Tensor calibration, CarveOptions options, JsonObject? provenance)
@@ -99,6 +99,8 @@ internal sealed class CarveCheckpoint
                 ["score"] = options.Score.ToString().ToLowerInvariant(),
                 ["iterations"] = options.Iterations,
                 ["batch"] = options.Batch,
+                // libtorch's reductions split by thread count, so the same bytes need the same count.
+                ["threads"] = Modeling.Backend.TorchRuntime.Threads,
             },
             ["calibration"] = new JsonObject
             {

@@ -13,9 +13,9 @@ public class ResumeCarveCliTests
     private const string Text = "We the people of the United States, in order to form a more perfect union, establish justice, " +
                                 "insure domestic tranquility, provide for the common defence, promote the general welfare. ";
 
-    private static string[] Carve(TempDir dir, string output, string layout = "S2A2E16", string seed = "0") =>
+    private static string[] Carve(TempDir dir, string output, string layout = "S2A2E16", string seed = "0", string threads = "1") =>
         ["carve", "--model", TestPaths.EmbeddedModel, "--calibration", dir["text.txt"], "--layout", layout, "--samples", "3",
-         "--seq-len", "32", "--seed", seed, "--threads", "1", "--streaming", "--out", dir[output]];
+         "--seq-len", "32", "--seed", seed, "--threads", threads, "--streaming", "--out", dir[output]];
 
     private static Dictionary<string, string> Hashes(string folder) =>
         Directory.GetFiles(folder).ToDictionary(f => Path.GetFileName(f), f => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(f))));
@@ -94,6 +94,10 @@ public class ResumeCarveCliTests
         layout.StdErr.Trim().Split('\n').Should().ContainSingle();
         layout.StdErr.Should().Contain("option layout = \"S2A2E16\" (this command: \"S3A3E8\")").And.Contain("same model, calibration and options")
             .And.Contain("without --resume");
+
+        var threads = CliRunner.Run([.. Carve(dir, "out", threads: "2"), "--resume"]);
+        threads.ExitCode.Should().NotBe(0);
+        threads.StdErr.Should().Contain("option threads = 1 (this command: 2)");
 
         var seed = CliRunner.Run([.. Carve(dir, "out", seed: "7"), "--resume"]);
         seed.ExitCode.Should().NotBe(0);
