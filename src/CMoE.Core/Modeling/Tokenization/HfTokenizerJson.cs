@@ -20,7 +20,8 @@ internal sealed record HfTokenizerJsonResult(
 ///     <c>Replace(" ", "▁")</c> with no pre-tokenizer, or no normalizer and a <c>Metaspace</c> pre-tokenizer;
 ///     built as a <see cref="MetaspaceBpeTokenizer"/>;
 /// (b) byte-level BPE (GPT-2, Llama-3, Qwen2): a <c>ByteLevel</c> pre-tokenizer, alone (GPT-2 regex) or after
-///     a regex <c>Split</c>; built as Microsoft.ML's <see cref="BpeTokenizer"/> with <c>ByteLevel = true</c>.
+///     a regex <c>Split</c>; built as a <see cref="ByteLevelBpeTokenizer"/> (the split regex through
+///     <see cref="CodePointRegex"/>, so it matches code points as Rust's regex does; <c>ignore_merges</c> honoured).
 /// Layout read: <c>model</c> {type, vocab {token: id}, merges ["a b" | ["a","b"]], byte_fallback, unk_token,
 /// fuse_unk, ignore_merges}, <c>added_tokens</c> [{id, content, special}], <c>normalizer</c>,
 /// <c>pre_tokenizer</c>, <c>decoder</c>, <c>post_processor</c> (TemplateProcessing gives the BOS).
@@ -198,7 +199,7 @@ internal static class HfTokenizerJson
         return false;
     }
 
-    private static BpeTokenizer BuildByteLevel(string path, JsonElement model, Dictionary<string, int> vocab, List<(string, string)> merges,
+    private static ByteLevelBpeTokenizer BuildByteLevel(string path, JsonElement model, Dictionary<string, int> vocab, List<(string, string)> merges,
         List<(string Content, int Id, bool Special)> added, JsonElement pre, JsonElement byteLevel, JsonElement norm)
     {
         // The split regex: a Split(Regex, Isolated) in front of ByteLevel(use_regex: false) (Llama-3, Qwen2),
@@ -242,34 +243,30 @@ internal static class HfTokenizerJson
             if (l.Contains(' ') || r.Contains(' '))
                 throw Bad(path, $"has a byte-level merge with a literal space ('{l}' '{r}'), which byte-level BPE never produces");
 
-        var special = added.ToDictionary(a => a.Content, a => a.Id, StringComparer.Ordinal);
-        Regex regex;
-        try
+        Regex? split = null;
+        if (pattern is not null)
         {
-            regex = new Regex(pattern ?? @"[\s\S]+", RegexOptions.Compiled);
+            try
+            {
+                split = CodePointRegex.Create(pattern);
+            }
+            catch (ArgumentException ex)
+            {
+                throw Bad(path, $"has a pre-tokenizer regex .NET cannot compile ({ex.Message})", ex);
+            }
         }
-        catch (ArgumentException ex)
+        return new ByteLevelBpeTokenizer(new ByteLevelBpeSettings
         {
-            throw Bad(path, $"has a pre-tokenizer regex .NET cannot compile ({ex.Message})", ex);
-        }
-        var options = new BpeOptions(vocab)
-        {
-            Merges = merges.Select(m => m.Item1 + " " + m.Item2),
-            ByteLevel = true,
-            PreTokenizer = new RegexPreTokenizer(regex, special.Count > 0 ? special : null),
-            Normalizer = form is not null || addPrefixSpace ? new HfTextNormalizer(form, addPrefixSpace) : null,
-            SpecialTokens = special.Count > 0 ? special : null,
-            UnknownToken = model.TryGetProperty("unk_token", out var unk) && unk.ValueKind == JsonValueKind.String ? unk.GetString() : null,
-            FuseUnknownTokens = Bool(model, "fuse_unk"),
-        };
-        try
-        {
-            return BpeTokenizer.Create(options);
-        }
-        catch (Exception ex) when (ex is InvalidOperationException or ArgumentException)
-        {
-            throw Bad(path, $"could not be built as a byte-level BPE ({ex.Message})", ex);
-        }
+            SourcePath = path,
+            Vocab = vocab,
+            Merges = merges,
+            AddedTokens = added,
+            Split = split,
+            Normalization = form,
+            AddPrefixSpace = addPrefixSpace,
+            IgnoreMerges = Bool(model, "ignore_merges"),
+            UnkToken = model.TryGetProperty("unk_token", out var unk) && unk.ValueKind == JsonValueKind.String ? unk.GetString() : null,
+        });
     }
 
     // ---- common pieces -----------------------------------------------------------------------------
@@ -382,16 +379,4 @@ internal static class HfTokenizerJson
         new($"{path}: the {section} '{what}' is not supported (read: SentencePiece-style BPE with Prepend/Replace or " +
             "Metaspace, or byte-level BPE with ByteLevel and an optional regex Split). Load the folder's tokenizer.model " +
             "instead (TokenizerFile.SentencePieceModel).");
-}
-
-/// <summary>Unicode normalization and HF ByteLevel's add_prefix_space, as a Microsoft.ML normalizer.</summary>
-internal sealed class HfTextNormalizer(NormalizationForm? form, bool addPrefixSpace) : Normalizer
-{
-    public override string Normalize(string original)
-    {
-        string s = form is { } f ? original.Normalize(f) : original;
-        return addPrefixSpace && !s.StartsWith(' ') ? " " + s : s;
-    }
-
-    public override string Normalize(ReadOnlySpan<char> original) => Normalize(original.ToString());
 }

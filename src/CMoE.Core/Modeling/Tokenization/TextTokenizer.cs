@@ -72,6 +72,7 @@ public sealed class TextTokenizer
         return Inner switch
         {
             BpeTokenizer bpe => bpe.Decode(ids, considerSpecialTokens: false),
+            ByteLevelBpeTokenizer byteLevel => byteLevel.Decode(ids, considerSpecialTokens: false),
             _ => Inner.Decode(ids), // LlamaTokenizer and MetaspaceBpeTokenizer leave special tokens out by default
         } ?? string.Empty;
     }
