@@ -327,25 +327,7 @@ internal sealed class MetaspaceBpeTokenizer : Tokenizer
 
         int n = symId.Count;
         if (n == 0) return;
-        var prev = new int[n];
-        var next = new int[n];
-        for (int i = 0; i < n; i++) { prev[i] = i - 1; next[i] = i + 1 < n ? i + 1 : -1; }
-
-        var queue = new PriorityQueue<(int Left, int Right, int LeftId, int RightId, int Merged), long>();
-        for (int i = 0; i + 1 < n; i++) Push(i, i + 1);
-        while (queue.TryDequeue(out var m, out _))
-        {
-            // Stale entries: a side was merged away or changed since the pair was queued.
-            if (next[m.Left] != m.Right || symId[m.Left] != m.LeftId || symId[m.Right] != m.RightId) continue;
-            symId[m.Left] = m.Merged;
-            symEnd[m.Left] = symEnd[m.Right];
-            symId[m.Right] = -1;
-            next[m.Left] = next[m.Right];
-            if (next[m.Right] >= 0) prev[next[m.Right]] = m.Left;
-            next[m.Right] = -2;
-            if (prev[m.Left] >= 0) Push(prev[m.Left], m.Left);
-            if (next[m.Left] >= 0) Push(m.Left, next[m.Left]);
-        }
+        int[] next = BpeMerges.Apply(symId, symEnd, _merges);
 
         for (int i = 0; i >= 0; i = next[i])
         {
@@ -354,12 +336,6 @@ internal sealed class MetaspaceBpeTokenizer : Tokenizer
         }
 
         void Add(int id, int s, int e) { symId.Add(id); symStart.Add(s); symEnd.Add(e); }
-
-        void Push(int left, int right)
-        {
-            if (_merges.TryGetValue(Key(symId[left], symId[right]), out var merge))
-                queue.Enqueue((left, right, symId[left], symId[right], merge.Merged), ((long)merge.Rank << 32) | (uint)left);
-        }
     }
 
     private bool ByteIds(ReadOnlySpan<char> ch, Span<byte> utf8, out int count)
@@ -370,5 +346,5 @@ internal sealed class MetaspaceBpeTokenizer : Tokenizer
         return true;
     }
 
-    private static long Key(int left, int right) => ((long)left << 32) | (uint)right;
+    private static long Key(int left, int right) => BpeMerges.Key(left, right);
 }
