@@ -58,6 +58,7 @@ public class MatVecTests
     [Theory]
     [InlineData("int8:32", 37, 96, 3)]
     [InlineData("int8:64", 20, 128, 50)]
+    [InlineData("int8:128", 4200, 1024, 12)]                                                // > 4 MB: up to 16 tokens take the managed kernels
     public void Int8LinearMatchesItsReference(string format, int rows, int cols, int tokens)
     {
         TorchTestSetup.Pin();
@@ -68,7 +69,9 @@ public class MatVecTests
         var x = randn(new long[] { tokens, cols }, generator: new Generator(32));
         var y = WeightKernels.Linear(x, stored, null).data<float>().ToArray();
         var xs = x.data<float>().ToArray();
-        if (tokens <= 4)                                                                   // the managed kernels, activations quantized per group
+        int limit = WeightKernels.MatVecLimit(MatrixView.Of(stored)!.Value);
+        limit.Should().Be(rows * cols > 4 << 20 ? 16 : 4);
+        if (tokens <= limit)                                                               // the managed kernels, activations quantized per group
             for (int t = 0; t < tokens; t++)
             {
                 double[] reference = Reference(stored, xs.AsSpan(t * cols, cols).ToArray(), out double[] bound);

@@ -16,6 +16,19 @@ internal static class WeightKernels
     /// <summary>Token counts up to this take one managed matrix-vector product per token; more are dequantized into a GEMM.</summary>
     private const int MatVecTokens = 4;
 
+    /// <summary>
+    /// The same for a matrix of more than <see cref="LargeMatrixBytes"/>: dequantizing a matrix that does not stay in cache costs
+    /// more than the GEMM (a fresh fp32 copy per call); measured on 2 AMD EPYC cores, int8 [22016, 4096] with 16 tokens took
+    /// 115-121 ms as 16 products and 514-581 ms dequantized + GEMM, [2048, 2048] 2.5 vs 7.3 ms (docs/benchmarks.md).
+    /// </summary>
+    internal const int LargeMatrixMatVecTokens = 16;
+
+    /// <summary>Matrix bytes above which <see cref="LargeMatrixMatVecTokens"/> applies.</summary>
+    internal const long LargeMatrixBytes = 4L << 20;
+
+    /// <summary>How many tokens <paramref name="w"/> takes through the matrix-vector kernels.</summary>
+    internal static int MatVecLimit(in MatrixView w) => w.Bytes > LargeMatrixBytes ? LargeMatrixMatVecTokens : MatVecTokens;
+
     /// <summary>x [..., in] -> [..., out].</summary>
     public static Tensor Linear(Tensor x, StoredWeight w, Tensor? bias)
     {
@@ -36,7 +49,7 @@ internal static class WeightKernels
         using var scope = NewDisposeScope();
         var input = x.contiguous();
         long tokens = input.numel() / view.Cols;
-        if (tokens == 0 || tokens > MatVecTokens) return null;   // prefill: dequantized into libtorch's GEMM (faster here than an int8 GEMM: docs/benchmarks.md)
+        if (tokens == 0 || tokens > MatVecLimit(view)) return null;   // prefill: dequantized into libtorch's GEMM (faster here than an int8 GEMM: docs/benchmarks.md)
         long[] shape = x.shape;
         shape[^1] = view.Rows;
         var y = empty(shape, dtype: ScalarType.Float32);
