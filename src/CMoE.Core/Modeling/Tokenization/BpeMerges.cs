@@ -8,7 +8,27 @@ namespace CMoE.Modeling.Tokenization;
 internal static class BpeMerges
 {
     /// <summary>The key of the pair (left, right) in a merge table.</summary>
-    public static long Key(int left, int right) => ((long)left << 32) | (uint)right;
+    private static long Key(int left, int right) => ((long)left << 32) | (uint)right;
+
+    /// <summary>
+    /// The merge table of a tokenizer.json's <c>model.merges</c>: pair key -> (rank, merged id); the first of repeated pairs wins.
+    /// </summary>
+    /// <exception cref="CMoEFormatException">A merge names a token missing from <c>model.vocab</c>; <paramref name="fix"/>
+    /// ends the message.</exception>
+    public static Dictionary<long, (int Rank, int Merged)> Table(IReadOnlyList<(string Left, string Right)> merges,
+        Dictionary<string, int> vocab, string sourcePath, string fix)
+    {
+        var table = new Dictionary<long, (int, int)>(merges.Count);
+        for (int rank = 0; rank < merges.Count; rank++)
+        {
+            var (left, right) = merges[rank];
+            if (!vocab.TryGetValue(left, out int l) || !vocab.TryGetValue(right, out int r) || !vocab.TryGetValue(left + right, out int merged))
+                throw new CMoEFormatException($"{sourcePath}: merge #{rank} ('{left}' '{right}') uses a token missing from model.vocab. " +
+                                              $"The file is inconsistent; {fix}");
+            table.TryAdd(Key(l, r), (rank, merged));
+        }
+        return table;
+    }
 
     /// <summary>
     /// Merges <paramref name="symId"/> in place (merged-away symbols become -1; a merged symbol's end in

@@ -61,19 +61,8 @@ internal sealed class ByteLevelBpeTokenizer : Tokenizer
         for (int b = 0; b < 256; b++)
             _byteToId[b] = settings.Vocab.TryGetValue(ByteLevelAlphabet.ByteToChar[b].ToString(), out int id) ? id : -1;
 
-        _merges = new Dictionary<long, (int, int)>(settings.Merges.Count);
-        for (int rank = 0; rank < settings.Merges.Count; rank++)
-        {
-            var (left, right) = settings.Merges[rank];
-            if (!settings.Vocab.TryGetValue(left, out int l) || !settings.Vocab.TryGetValue(right, out int r)
-                || !settings.Vocab.TryGetValue(left + right, out int merged))
-            {
-                throw new CMoEFormatException(
-                    $"{settings.SourcePath}: merge #{rank} ('{left}' '{right}') uses a token missing from model.vocab. " +
-                    "The file is inconsistent; re-download tokenizer.json from the model's Hugging Face repository.");
-            }
-            _merges.TryAdd(Key(l, r), (rank, merged));
-        }
+        _merges = BpeMerges.Table(settings.Merges, settings.Vocab, settings.SourcePath,
+            "re-download tokenizer.json from the model's Hugging Face repository.");
 
         _unkId = settings.UnkToken is not null && _vocab.TryGetValue(settings.UnkToken, out int unk) ? unk : -1;
         _added = settings.AddedTokens.Where(a => a.Content.Length > 0)
@@ -317,6 +306,4 @@ internal sealed class ByteLevelBpeTokenizer : Tokenizer
         foreach (Rune r in s.EnumerateRunes()) sb.Append(r.ToString()); // lone surrogates enumerate as U+FFFD
         return sb.ToString();
     }
-
-    private static long Key(int left, int right) => BpeMerges.Key(left, right);
 }

@@ -103,19 +103,8 @@ internal sealed class MetaspaceBpeTokenizer : Tokenizer
             }
         }
 
-        _merges = new Dictionary<long, (int, int)>(settings.Merges.Count);
-        for (int rank = 0; rank < settings.Merges.Count; rank++)
-        {
-            var (left, right) = settings.Merges[rank];
-            if (!settings.Vocab.TryGetValue(left, out int l) || !settings.Vocab.TryGetValue(right, out int r)
-                || !settings.Vocab.TryGetValue(left + right, out int merged))
-            {
-                throw new CMoEFormatException(
-                    $"{settings.SourcePath}: merge #{rank} ('{left}' '{right}') uses a token missing from model.vocab. " +
-                    "The file is inconsistent; re-download tokenizer.json or load tokenizer.model instead (TokenizerFile.SentencePieceModel).");
-            }
-            _merges.TryAdd(Key(l, r), (rank, merged));
-        }
+        _merges = BpeMerges.Table(settings.Merges, settings.Vocab, settings.SourcePath,
+            "re-download tokenizer.json or load tokenizer.model instead (TokenizerFile.SentencePieceModel).");
 
         _unkId = settings.UnkToken is not null && _vocab.TryGetValue(settings.UnkToken, out int unk) ? unk : -1;
         _added = settings.AddedTokens.Where(a => a.Content.Length > 0)
@@ -345,6 +334,4 @@ internal sealed class MetaspaceBpeTokenizer : Tokenizer
             if (_byteIds[utf8[b]] < 0) return false;
         return true;
     }
-
-    private static long Key(int left, int right) => BpeMerges.Key(left, right);
 }
