@@ -18,8 +18,8 @@ internal static class WeightKernels
 
     /// <summary>
     /// The same for a matrix of more than <see cref="LargeMatrixBytes"/>: dequantizing a matrix that does not stay in cache costs
-    /// more than the GEMM (a fresh fp32 copy per call); measured on 2 AMD EPYC cores, int8 [22016, 4096] with 16 tokens took
-    /// 115-121 ms as 16 products and 514-581 ms dequantized + GEMM, [2048, 2048] 2.5 vs 7.3 ms (docs/benchmarks.md).
+    /// more than the GEMM (a fresh fp32 copy per call); `cmoe bench` on the Llama-2-7B shape in int8 prefilled a 16-token
+    /// prompt at 0.52 tokens/s before and 3.31 after (docs/benchmarks.md, "Llama-2-7B shape").
     /// </summary>
     internal const int LargeMatrixMatVecTokens = 16;
 
