@@ -134,6 +134,7 @@ public abstract class LanguageModelEstimatorBase<TTransformer> : IEstimator<TTra
     {
         ArgumentNullException.ThrowIfNull(env);
         ArgumentNullException.ThrowIfNull(options);
+        Persistence.MlNetVersionGuard.EnsureSupported();
         Env = env;
         Name = name;
         Settings = ScoringSettings.From(options);

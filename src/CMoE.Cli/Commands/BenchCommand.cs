@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using CMoE.Carving;
@@ -14,48 +15,64 @@ namespace CMoE.Cli.Commands;
 /// <summary><c>cmoe bench</c>: dense vs carved inference speed, side by side in one run.</summary>
 internal sealed class BenchCommand : ICommand
 {
+    private readonly Option<string?> _model = CliOptions.Optional("--model", "dense-hf-folder", "the dense model (or give --synthetic)");
+    private readonly Option<string?> _carved = CliOptions.Optional("--carved", "carved-folder", "a carved folder of --model (default: carve a copy in memory)");
+    private readonly Option<string?> _synthetic = CliOptions.Optional("--synthetic", string.Join("|", SyntheticModels.Shapes.Keys), "build this shape with random weights instead of --model");
+    private readonly Option<string?> _layout = CliOptions.Optional("--layout", "S2A2E16", "layout of the in-memory carve (default S2A2E16)");
+    private readonly Option<string?> _calibration = CliOptions.Optional("--calibration", "text", "calibration text of the in-memory carve (default: random tokens)");
+    private readonly Option<int> _samples = CliOptions.Int("--samples", 8, "calibration windows", min: 1);
+    private readonly Option<int> _seqLen = CliOptions.Int("--seq-len", 128, "tokens per calibration window", min: 2);
+    private readonly Option<int> _promptTokens = CliOptions.Int("--prompt-tokens", 512, "prompt length of the prefill figure", min: 1);
+    private readonly Option<int> _decodeTokens = CliOptions.Int("--decode-tokens", 128, "tokens decoded per run", min: 1);
+    private readonly Option<int> _batch = CliOptions.Int("--batch", 1, "sequences per prefill", min: 1);
+    private readonly Option<int> _repeats = CliOptions.Int("--repeats", 3, "repetitions (medians are reported)", min: 1);
+    private readonly Option<int?> _ffnLayer = CliOptions.OptionalInt("--ffn-layer", "layer whose FFN is timed alone (default: the middle one)", min: 0);
+    private readonly Option<int> _ffnTokens = CliOptions.Int("--ffn-tokens", 64, "tokens of the FFN-alone figure", min: 1);
+    private readonly Option<int> _seed = CliOptions.Int("--seed", 0, "seed of random weights and calibration");
+
+    public string Name => "bench";
+
     public string Summary => "measure dense vs carved inference speed (prefill, decode, FFN alone)";
 
-    public string Usage => $"""
-        cmoe bench (--model <dense-hf-folder> [--carved <carved-folder>] | --synthetic {string.Join("|", SyntheticModels.Shapes.Keys)})
-                   [--layout S2A2E16] [--calibration <text>] [--samples 8] [--seq-len 128]
-                   [--prompt-tokens 512] [--decode-tokens 128] [--batch 1] [--repeats 3]
-                   [--ffn-layer L] [--ffn-tokens 64] [--seed 0] {CommonOptions.WeightsUsage} [--threads N]
-                   {CommonOptions.DeviceUsage} [--json]
-          Without --carved, a copy of the dense model is carved in memory to --layout, calibrated on --calibration
-          (or on random tokens when none is given: routing, not quality, is what speed depends on).
-          --synthetic builds the named shape with random weights (tinyllama-4l: TinyLlama-1.1B's layer shape,
-          4 layers, vocab 8192). Figures are medians over --repeats repetitions (dense and carved alternate
-          first) after one warm-up; the FFN figures time layer --ffn-layer's FFN alone on its real inputs.
-          --weights stores both models' weights in that format (carving runs in fp32 first; with --carved both folders
-          load straight into it, so a model too large for memory in fp32 can be benched); the report gives the weight
-          bytes each decoded token reads, the bandwidth that achieves and the machine's probed read bandwidth.
-          --threads defaults to the machine's cores.
+    public string Details => """
+        Give --model <dense-hf-folder> (with or without --carved) or --synthetic <shape>.
+        Without --carved, a copy of the dense model is carved in memory to --layout, calibrated on --calibration
+        (or on random tokens when none is given: routing, not quality, is what speed depends on).
+        --synthetic builds the named shape with random weights (tinyllama-4l: TinyLlama-1.1B's layer shape,
+        4 layers, vocab 8192). Figures are medians over --repeats repetitions (dense and carved alternate
+        first) after one warm-up; the FFN figures time layer --ffn-layer's FFN alone on its real inputs.
+        --weights stores both models' weights in that format (carving runs in fp32 first; with --carved both folders
+        load straight into it, so a model too large for memory in fp32 can be benched); the report gives the weight
+        bytes each decoded token reads, the bandwidth that achieves and the machine's probed read bandwidth.
+        --threads defaults to the machine's cores.
         """;
 
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose" };
+    public IEnumerable<Option> Options =>
+    [
+        _model, _carved, _synthetic, _layout, _calibration, _samples, _seqLen, _promptTokens, _decodeTokens, _batch, _repeats,
+        _ffnLayer, _ffnTokens, _seed, CommonOptions.WeightsOption, .. CommonOptions.Runtime, CommonOptions.JsonOption,
+    ];
 
-    public int Run(CommandLine line, CancellationToken cancel)
+    public int Run(ParseResult line, CancellationToken cancel)
     {
-        string? modelDir = line.Optional("model");
-        string? carvedDir = line.Optional("carved");
-        string? synthetic = line.Optional("synthetic");
-        string? layoutText = line.Optional("layout");
-        string? calibrationPath = line.Optional("calibration");
-        int samples = line.Int("samples", 8, min: 1);
-        int seqLen = line.Int("seq-len", 128, min: 2);
-        int promptTokens = line.Int("prompt-tokens", 512, min: 1);
-        int decodeTokens = line.Int("decode-tokens", 128, min: 1);
-        int batch = line.Int("batch", 1, min: 1);
-        int repeats = line.Int("repeats", 3, min: 1);
-        int? ffnLayerOption = line.Optional("ffn-layer") is null ? null : line.Int("ffn-layer", 0, min: 0);
-        int ffnTokens = line.Int("ffn-tokens", 64, min: 1);
-        int seed = line.Int("seed", 0);
-        bool json = line.Flag("json");
+        string? modelDir = line.GetValue(_model);
+        string? carvedDir = line.GetValue(_carved);
+        string? synthetic = line.GetValue(_synthetic);
+        string? layoutText = line.GetValue(_layout);
+        string? calibrationPath = line.GetValue(_calibration);
+        int samples = line.GetValue(_samples);
+        int seqLen = line.GetValue(_seqLen);
+        int promptTokens = line.GetValue(_promptTokens);
+        int decodeTokens = line.GetValue(_decodeTokens);
+        int batch = line.GetValue(_batch);
+        int repeats = line.GetValue(_repeats);
+        int? ffnLayerOption = line.GetValue(_ffnLayer);
+        int ffnTokens = line.GetValue(_ffnTokens);
+        int seed = line.GetValue(_seed);
+        bool json = line.GetValue(CommonOptions.JsonOption);
         var device = CommonOptions.Device(line);
         var weights = CommonOptions.Weights(line) ?? Modeling.Weights.WeightFormat.Fp32;
         int threads = CommonOptions.Threads(line);
-        line.RejectUnknown();
         CommonOptions.RequireCpuFor(weights, device);
         if ((modelDir is null) == (synthetic is null))
             throw new UsageException("bench needs exactly one of --model <dense-hf-folder> or --synthetic <shape>");

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Text.Json.Nodes;
 using CMoE.Carving;
 using CMoE.Modeling.IO;
@@ -9,52 +10,66 @@ namespace CMoE.Cli.Commands;
 /// <summary><c>cmoe carve</c>: turn a dense model's FFNs into shared + routed experts.</summary>
 internal sealed class CarveCommand : ICommand
 {
+    private readonly Option<string> _model = CliOptions.Required("--model", "hf-folder", "the dense Hugging Face model folder");
+    private readonly Option<string> _calibration = CliOptions.Required("--calibration", "text", "the calibration text");
+    private readonly Option<string> _layout = CliOptions.Required("--layout", "S2A2E16", "S{s}A{a}E{e}: e experts, s shared, a routed active per token");
+    private readonly Option<string> _out = CliOptions.Required("--out", "folder", "the carved folder to write");
+    private readonly Option<int> _samples = CliOptions.Int("--samples", 8, "calibration windows", min: 1);
+    private readonly Option<int> _seqLen = CliOptions.Int("--seq-len", 512, "tokens per calibration window", min: 2);
+    private readonly Option<int> _kAct = CliOptions.Int("--k-act", 10, "K_a: neurons marked active per token", min: 1);
+    private readonly Option<ActivationScore> _score = CliOptions.Choice("--score", ActivationScore.Cosine, "how experts are grouped around their centres");
+    private readonly Option<int> _iterations = CliOptions.Int("--iterations", 1, "balanced k-means iterations", min: 1);
+    private readonly Option<int> _seed = CliOptions.Int("--seed", 0, "seed of the calibration windows");
+    private readonly Option<bool> _streaming = CliOptions.Flag("--streaming", "carve disk to disk, one decoder layer in memory at a time");
+    private readonly Option<bool> _resume = CliOptions.Flag("--resume", "continue an interrupted --streaming carve");
+
+    public string Name => "carve";
+
     public string Summary => "carve a dense model into a Mixture-of-Experts (training-free)";
 
-    public string Usage => $"""
-        cmoe carve --model <hf-folder> --calibration <text> --layout S2A2E16 --out <folder>
-                   [--samples 8] [--seq-len 512] [--k-act 10] [--score cosine|raw] [--iterations 1]
-                   [--seed 0] [--streaming [--resume]] {CommonOptions.WeightsUsage} {CommonOptions.ThreadsUsage}
-                   {CommonOptions.DeviceUsage} [--json]
-          Calibration windows = `samples` random windows of seq-len tokens from BOS + encode(file), drawn with seed.
-          Layout S{"{s}"}A{"{a}"}E{"{e}"}: e experts of d_h/e neurons, s shared (always on), a routed active per token.
-          The output folder (config.json with a cmoe section, model.safetensors, tokenizer files) is written
-          under a temporary name and moved into place. --streaming carves from disk to disk with one decoder
-          layer in memory at a time (CPU; byte-identical output), for models larger than memory. It keeps its
-          progress in <out>.partial, committed layer by layer: after a kill or Ctrl+C, rerun the same command with
-          --resume to continue from the last completed layer (same bytes as an uninterrupted carve; the inputs and
-          options must match, or it says which differs). Without --resume an interrupted carve there is an error
-          (delete the folder to start over); with --resume and nothing to resume it starts from the first layer.
-          --weights: the format of the weights written (carving itself runs on fp32 weights; bf16 and int8 folders
-          are format version 2, which eval, score, bench and the ML.NET estimators load as they are). Not with
-          --streaming, which writes fp32; load its output with --weights instead.
+    public string Details => """
+        Calibration windows = `samples` random windows of seq-len tokens from BOS + encode(file), drawn with seed.
+        Layout S{s}A{a}E{e}: e experts of d_h/e neurons, s shared (always on), a routed active per token.
+        The output folder (config.json with a cmoe section, model.safetensors, tokenizer files) is written
+        under a temporary name and moved into place. --streaming carves from disk to disk with one decoder
+        layer in memory at a time (CPU; byte-identical output), for models larger than memory. It keeps its
+        progress in <out>.partial, committed layer by layer: after a kill or Ctrl+C, rerun the same command with
+        --resume to continue from the last completed layer (same bytes as an uninterrupted carve; the inputs and
+        options must match, or it says which differs). Without --resume an interrupted carve there is an error
+        (delete the folder to start over); with --resume and nothing to resume it starts from the first layer.
+        --weights: the format of the weights written (carving itself runs on fp32 weights; bf16 and int8 folders
+        are format version 2, which eval, score, bench and the ML.NET estimators load as they are). Not with
+        --streaming, which writes fp32; load its output with --weights instead.
         """;
 
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose", "streaming", "resume" };
+    public IEnumerable<Option> Options =>
+    [
+        _model, _calibration, _layout, _out, _samples, _seqLen, _kAct, _score, _iterations, _seed, _streaming, _resume,
+        CommonOptions.WeightsOption, .. CommonOptions.Runtime, CommonOptions.JsonOption,
+    ];
 
-    public int Run(CommandLine line, CancellationToken cancel)
+    public int Run(ParseResult line, CancellationToken cancel)
     {
-        string modelDir = line.Required("model", "hf-folder");
-        string calibrationPath = line.Required("calibration", "text");
-        var layout = MoeLayout.Parse(line.Required("layout", "S2A2E16"));
-        string outDir = line.Required("out", "folder");
-        int samples = line.Int("samples", 8, min: 1);
-        int seqLen = line.Int("seq-len", 512, min: 2);
-        int seed = line.Int("seed", 0);
+        string modelDir = line.GetValue(_model)!;
+        string calibrationPath = line.GetValue(_calibration)!;
+        var layout = MoeLayout.Parse(line.GetValue(_layout)!);
+        string outDir = line.GetValue(_out)!;
+        int samples = line.GetValue(_samples);
+        int seqLen = line.GetValue(_seqLen);
+        int seed = line.GetValue(_seed);
         var options = new CarveOptions
         {
             Layout = layout,
-            KAct = line.Int("k-act", 10, min: 1),
-            Score = line.Choice("score", ActivationScore.Cosine),
-            Iterations = line.Int("iterations", 1, min: 1),
+            KAct = line.GetValue(_kAct),
+            Score = line.GetValue(_score),
+            Iterations = line.GetValue(_iterations),
         };
-        bool json = line.Flag("json");
-        bool streaming = line.Flag("streaming");
-        bool resume = line.Flag("resume");
+        bool json = line.GetValue(CommonOptions.JsonOption);
+        bool streaming = line.GetValue(_streaming);
+        bool resume = line.GetValue(_resume);
         var weights = CommonOptions.Weights(line) ?? Modeling.Weights.WeightFormat.Fp32;
         var device = CommonOptions.Device(line);
         int threads = CommonOptions.Threads(line);
-        line.RejectUnknown();
         if (resume && !streaming)
             throw new UsageException("--resume continues an interrupted --streaming carve; add --streaming (an in-memory carve keeps no progress to resume).");
         if (streaming && weights.Kind != Modeling.Weights.WeightKind.Fp32)

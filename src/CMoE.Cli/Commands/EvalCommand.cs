@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Text.Json.Nodes;
 using CMoE.Evaluation;
 using CMoE.Modeling.IO;
@@ -8,30 +9,36 @@ namespace CMoE.Cli.Commands;
 /// <summary><c>cmoe eval</c>: perplexity of a dense or carved model on a text file.</summary>
 internal sealed class EvalCommand : ICommand
 {
+    private readonly Option<string> _model = CliOptions.Required("--model", "hf-folder|carved-folder", "the dense (Hugging Face) or carved model folder");
+    private readonly Option<string> _text = CliOptions.Required("--text", "file", "the text to evaluate on");
+    private readonly Option<int> _seqLen = CliOptions.Int("--seq-len", 512, "tokens per window", min: 2);
+    private readonly Option<int> _maxWindows = CliOptions.Int("--max-windows", 256, "at most this many windows", min: 1);
+    private readonly Option<int> _batch = CliOptions.Int("--batch", 4, "windows per forward pass", min: 1);
+
+    public string Name => "eval";
+
     public string Summary => "perplexity of a dense or carved model on a text file";
 
-    public string Usage => $"""
-        cmoe eval --model <hf-folder|carved-folder> --text <file> [--seq-len 512] [--max-windows 256]
-                  [--batch 4] {CommonOptions.WeightsUsage} {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage} [--json]
-          Token stream = BOS + encode(whole file as one document); consecutive non-overlapping windows of
-          seq-len tokens from the start (last partial window dropped), at most max-windows of them;
-          perplexity = exp(mean NLL of positions 1..seq-len-1 of each window).
+    public string Details => """
+        Token stream = BOS + encode(whole file as one document); consecutive non-overlapping windows of seq-len
+        tokens from the start (last partial window dropped), at most max-windows of them;
+        perplexity = exp(mean NLL of positions 1..seq-len-1 of each window).
         """;
 
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose" };
+    public IEnumerable<Option> Options =>
+        [_model, _text, _seqLen, _maxWindows, _batch, CommonOptions.WeightsOption, .. CommonOptions.Runtime, CommonOptions.JsonOption];
 
-    public int Run(CommandLine line, CancellationToken cancel)
+    public int Run(ParseResult line, CancellationToken cancel)
     {
-        string modelDir = line.Required("model", "hf-folder");
-        string textPath = line.Required("text", "file");
-        int seqLen = line.Int("seq-len", 512, min: 2);
-        int maxWindows = line.Int("max-windows", 256, min: 1);
-        int batch = line.Int("batch", 4, min: 1);
-        bool json = line.Flag("json");
+        string modelDir = line.GetValue(_model)!;
+        string textPath = line.GetValue(_text)!;
+        int seqLen = line.GetValue(_seqLen);
+        int maxWindows = line.GetValue(_maxWindows);
+        int batch = line.GetValue(_batch);
+        bool json = line.GetValue(CommonOptions.JsonOption);
         var device = CommonOptions.Device(line);
         var weights = CommonOptions.Weights(line);
         int threads = CommonOptions.Threads(line);
-        line.RejectUnknown();
 
         Modeling.LlamaConfig.Load(modelDir);   // fail on a bad model folder before reading anything else
         string text = CommonOptions.ReadText(textPath, "Evaluation");

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using CMoE.Carving;
@@ -11,60 +12,86 @@ namespace CMoE.Cli.Commands;
 /// <summary><c>cmoe finetune</c>: recover a carved model's quality with LoRA (or full) fine-tuning.</summary>
 internal sealed class FinetuneCommand : ICommand
 {
+    private readonly Option<string> _model = CliOptions.Required("--model", "carved-folder", "the carved model to fine-tune (left untouched)");
+    private readonly Option<string> _data = CliOptions.Required("--data", "text", "the training text");
+    private readonly Option<string> _out = CliOptions.Required("--out", "folder", "the fine-tuned carved folder to write");
+    private readonly Option<int> _samples = CliOptions.Int("--samples", 2048, "training windows", min: 1);
+    private readonly Option<int> _seqLen = CliOptions.Int("--seq-len", 512, "tokens per window", min: 2);
+    private readonly Option<FineTuneMode> _mode = CliOptions.Choice("--mode", FineTuneMode.Lora, "LoRA adapters on the experts, or full fine-tuning");
+    private readonly Option<int> _batch = CliOptions.Int("--batch", 2, "windows per step", min: 1);
+    private readonly Option<int> _maxSteps = CliOptions.Int("--max-steps", 0, "stop after this many steps (0 = one epoch)", min: 0);
+    private readonly Option<int> _loraRank = CliOptions.Int("--lora-rank", 8, "LoRA rank", min: 1);
+    private readonly Option<double> _loraAlpha = CliOptions.Double("--lora-alpha", 32, "LoRA alpha (scale alpha/rank)", min: 0);
+    private readonly Option<double> _loraDropout = CliOptions.Double("--lora-dropout", 0.1, "dropout on the LoRA input", min: 0);
+    private readonly Option<double> _lr = CliOptions.Double("--lr", 5.65e-5, "learning rate", min: 0);
+    private readonly Option<double> _routerLr = CliOptions.Double("--router-lr", 1e-3, "learning rate of the router scale u", min: 0);
+    private readonly Option<double> _biasSpeed = CliOptions.Double("--bias-speed", 1e-3, "speed of the load-balancing bias b", min: 0);
+    private readonly Option<FineTuneOptimizer> _optimizer = CliOptions.Choice("--optimizer", FineTuneOptimizer.AdamW, "the optimizer");
+    private readonly Option<double> _weightDecay = CliOptions.Double("--weight-decay", 0, "weight decay", min: 0);
+    private readonly Option<double> _maxGradNorm = CliOptions.Double("--max-grad-norm", 1, "gradient clipping norm", min: 0);
+    private readonly Option<int> _warmup = CliOptions.Int("--warmup", 0, "linear warm-up steps", min: 0);
+    private readonly Option<bool> _constantLr = CliOptions.Flag("--constant-lr", "keep the learning rate constant (default: linear decay)");
+    private readonly Option<int> _seed = CliOptions.Int("--seed", 0, "seed of the windows, dropout and initialisation");
+    private readonly Option<bool> _keepAdapters = CliOptions.Flag("--keep-adapters", "write the unmerged weights plus adapters.safetensors");
+    private readonly Option<string?> _checkpoint = CliOptions.Optional("--checkpoint", "folder", "checkpoint folder (written every N steps and on Ctrl+C)");
+    private readonly Option<int> _checkpointEvery = CliOptions.Int("--checkpoint-every", 0, "steps between checkpoints (0 = only on Ctrl+C)", min: 0);
+    private readonly Option<bool> _resume = CliOptions.Flag("--resume", "continue from --checkpoint with the same options");
+    private readonly Option<TrainingPrecision> _dtype = CliOptions.Choice("--dtype", TrainingPrecision.Fp32, "precision of the frozen base weights while training (bf16: LoRA only)");
+
+    public string Name => "finetune";
+
     public string Summary => "fine-tune a carved model (LoRA or full) to recover quality";
 
-    public string Usage => $"""
-        cmoe finetune --model <carved-folder> --data <text> --out <folder>
-                      [--samples 2048] [--seq-len 512] [--batch 2] [--max-steps 0] [--mode lora|full]
-                      [--lora-rank 8] [--lora-alpha 32] [--lora-dropout 0.1] [--lr 5.65e-5] [--router-lr 1e-3]
-                      [--bias-speed 1e-3] [--optimizer adamw|adam] [--weight-decay 0] [--max-grad-norm 1]
-                      [--warmup 0] [--constant-lr] [--keep-adapters] [--checkpoint <folder>] [--checkpoint-every 0]
-                      [--resume] [--seed 0] [--dtype fp32|bf16] {CommonOptions.ThreadsUsage} {CommonOptions.DeviceUsage} [--json]
-          Training windows = `samples` random windows of seq-len tokens from BOS + encode(file), drawn with seed;
-          one epoch, `batch` windows per step. The output is a carved folder (written atomically; the input is
-          untouched) with the LoRA adapters merged, or with --keep-adapters the unmerged weights plus
-          adapters.safetensors. --checkpoint writes adapters/weights, router u and b and the step (not Adam's moments)
-          every N steps and on Ctrl+C; --resume continues from it with the same options.
-          --dtype bf16 (LoRA only; meant for GPUs): the frozen base weights are held in bf16 while training, the adapters,
-          u, b and the loss stay fp32, and the adapters are merged into the fp32 weights at the end.
+    public string Details => """
+        Training windows = `samples` random windows of seq-len tokens from BOS + encode(file), drawn with seed;
+        one epoch, `batch` windows per step. The output is a carved folder (written atomically; the input is
+        untouched) with the LoRA adapters merged, or with --keep-adapters the unmerged weights plus
+        adapters.safetensors. --checkpoint writes adapters/weights, router u and b and the step (not Adam's moments)
+        every N steps and on Ctrl+C; --resume continues from it with the same options.
+        --dtype bf16 (LoRA only; meant for GPUs): the frozen base weights are held in bf16 while training, the adapters,
+        u, b and the loss stay fp32, and the adapters are merged into the fp32 weights at the end.
         """;
 
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose", "keep-adapters", "resume", "constant-lr" };
+    public IEnumerable<Option> Options =>
+    [
+        _model, _data, _out, _samples, _seqLen, _mode, _batch, _maxSteps, _loraRank, _loraAlpha, _loraDropout, _lr, _routerLr,
+        _biasSpeed, _optimizer, _weightDecay, _maxGradNorm, _warmup, _constantLr, _seed, _keepAdapters, _checkpoint,
+        _checkpointEvery, _resume, _dtype, .. CommonOptions.Runtime, CommonOptions.JsonOption,
+    ];
 
-    public int Run(CommandLine line, CancellationToken cancel)
+    public int Run(ParseResult line, CancellationToken cancel)
     {
-        string modelDir = line.Required("model", "carved-folder");
-        string dataPath = line.Required("data", "text");
-        string outDir = line.Required("out", "folder");
-        int samples = line.Int("samples", 2048, min: 1);
-        int seqLen = line.Int("seq-len", 512, min: 2);
+        string modelDir = line.GetValue(_model)!;
+        string dataPath = line.GetValue(_data)!;
+        string outDir = line.GetValue(_out)!;
+        int samples = line.GetValue(_samples);
+        int seqLen = line.GetValue(_seqLen);
         var options = new FineTuneOptions
         {
-            Mode = line.Choice("mode", FineTuneMode.Lora),
-            BatchSize = line.Int("batch", 2, min: 1),
-            MaxSteps = line.Int("max-steps", 0, min: 0),
-            LoraRank = line.Int("lora-rank", 8, min: 1),
-            LoraAlpha = line.Double("lora-alpha", 32, min: 0),
-            LoraDropout = line.Double("lora-dropout", 0.1, min: 0),
-            LearningRate = line.Double("lr", 5.65e-5, min: 0),
-            RouterLearningRate = line.Double("router-lr", 1e-3, min: 0),
-            BiasSpeed = line.Double("bias-speed", 1e-3, min: 0),
-            Optimizer = line.Choice("optimizer", FineTuneOptimizer.AdamW),
-            WeightDecay = line.Double("weight-decay", 0, min: 0),
-            MaxGradNorm = line.Double("max-grad-norm", 1, min: 0),
-            WarmupSteps = line.Int("warmup", 0, min: 0),
-            LinearDecay = !line.Flag("constant-lr"),
-            Seed = line.Int("seed", 0),
+            Mode = line.GetValue(_mode),
+            BatchSize = line.GetValue(_batch),
+            MaxSteps = line.GetValue(_maxSteps),
+            LoraRank = line.GetValue(_loraRank),
+            LoraAlpha = line.GetValue(_loraAlpha),
+            LoraDropout = line.GetValue(_loraDropout),
+            LearningRate = line.GetValue(_lr),
+            RouterLearningRate = line.GetValue(_routerLr),
+            BiasSpeed = line.GetValue(_biasSpeed),
+            Optimizer = line.GetValue(_optimizer),
+            WeightDecay = line.GetValue(_weightDecay),
+            MaxGradNorm = line.GetValue(_maxGradNorm),
+            WarmupSteps = line.GetValue(_warmup),
+            LinearDecay = !line.GetValue(_constantLr),
+            Seed = line.GetValue(_seed),
         };
-        bool keepAdapters = line.Flag("keep-adapters");
-        string? checkpoint = line.Optional("checkpoint");
-        int checkpointEvery = line.Int("checkpoint-every", 0, min: 0);
-        bool resume = line.Flag("resume");
-        bool json = line.Flag("json");
-        var precision = line.Choice("dtype", TrainingPrecision.Fp32);
+        bool keepAdapters = line.GetValue(_keepAdapters);
+        string? checkpoint = line.GetValue(_checkpoint);
+        int checkpointEvery = line.GetValue(_checkpointEvery);
+        bool resume = line.GetValue(_resume);
+        bool json = line.GetValue(CommonOptions.JsonOption);
+        var precision = line.GetValue(_dtype);
         var device = CommonOptions.Device(line);
         int threads = CommonOptions.Threads(line);
-        line.RejectUnknown();
 
         options.Validate();
         if (resume && checkpoint is null) throw new UsageException("--resume needs --checkpoint <folder>");

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using CMoE.MLNet;
@@ -9,38 +10,45 @@ namespace CMoE.Cli.Commands;
 /// <summary><c>cmoe score</c>: scores the rows of a TSV file with a model zip or a model folder through ML.NET.</summary>
 internal sealed class ScoreCommand : ICommand
 {
+    private readonly Option<string> _model = CliOptions.Required("--model", "zip|folder", "an ML.NET model zip, or a dense or carved model folder");
+    private readonly Option<string> _input = CliOptions.Required("--input", "tsv", "tab-separated input with a header row");
+    private readonly Option<string> _textColumn = CliOptions.Required("--text-column", "name", "the column holding the text");
+    private readonly Option<string> _out = CliOptions.Required("--out", "tsv", "the output TSV to write");
+    private readonly Option<int> _maxTokens = CliOptions.Int("--max-tokens", 512, "tokens scored per row (model folder only)", min: 2);
+    private readonly Option<int> _batch = CliOptions.Int("--batch", 8, "rows per forward pass (model folder only)", min: 1);
+    private readonly Option<bool> _embeddings = CliOptions.Flag("--embeddings", "also write the Embedding column (model folder only)");
+
+    public string Name => "score";
+
     public string Summary => "score a TSV's text column with a model zip or folder (perplexity, log-likelihood, ...)";
 
-    public string Usage => $"""
-        cmoe score --model <zip|folder> --input <tsv> --text-column <name> --out <tsv> [--max-tokens 512]
-                   [--batch 8] [--embeddings] {CommonOptions.WeightsUsage} {CommonOptions.ThreadsUsage}
-                   {CommonOptions.DeviceUsage}
-          The input is a tab-separated file with a header row. The output holds every input column plus the
-          model's output columns: for a model folder (dense or carved), Perplexity and LogLikelihood (and
-          Embedding with --embeddings, values separated by spaces); for a model zip saved by
-          mlContext.Model.Save, every scalar or float-vector column its pipeline adds (e.g. Probability).
-          --max-tokens, --batch and --weights (the format the model is held in: default fp32 for a Hugging Face
-          folder, the recorded format for a carved folder) apply to a model folder; a zip keeps the settings and
-          weights it was saved with.
-          Empty text scores Perplexity NaN and LogLikelihood 0. The output is written to a temporary file and
-          moved into place when complete.
+    public string Details => """
+        The input is a tab-separated file with a header row. The output holds every input column plus the
+        model's output columns: for a model folder (dense or carved), Perplexity and LogLikelihood (and
+        Embedding with --embeddings, values separated by spaces); for a model zip saved by
+        mlContext.Model.Save, every scalar or float-vector column its pipeline adds (e.g. Probability).
+        --max-tokens, --batch and --weights (the format the model is held in: default fp32 for a Hugging Face
+        folder, the recorded format for a carved folder) apply to a model folder; a zip keeps the settings and
+        weights it was saved with.
+        Empty text scores Perplexity NaN and LogLikelihood 0. The output is written to a temporary file and
+        moved into place when complete.
         """;
 
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "embeddings", "verbose" };
+    public IEnumerable<Option> Options =>
+        [_model, _input, _textColumn, _out, _maxTokens, _batch, _embeddings, CommonOptions.WeightsOption, .. CommonOptions.Runtime];
 
-    public int Run(CommandLine line, CancellationToken cancel)
+    public int Run(ParseResult line, CancellationToken cancel)
     {
-        string modelPath = line.Required("model", "zip|folder");
-        string input = line.Required("input", "tsv");
-        string textColumn = line.Required("text-column", "name");
-        string output = line.Required("out", "tsv");
-        int maxTokens = line.Int("max-tokens", 512, min: 2);
-        int batch = line.Int("batch", 8, min: 1);
-        bool embeddings = line.Flag("embeddings");
+        string modelPath = line.GetValue(_model)!;
+        string input = line.GetValue(_input)!;
+        string textColumn = line.GetValue(_textColumn)!;
+        string output = line.GetValue(_out)!;
+        int maxTokens = line.GetValue(_maxTokens);
+        int batch = line.GetValue(_batch);
+        bool embeddings = line.GetValue(_embeddings);
         var weights = CommonOptions.Weights(line);
         var device = CommonOptions.Device(line);
         CommonOptions.Threads(line);
-        line.RejectUnknown();
         if (device.type != TorchSharp.DeviceType.CPU)
             throw new UsageException($"score runs the ML.NET layer on the CPU; drop --device {device.type.ToString().ToLowerInvariant()}.");
         if (!File.Exists(input)) throw new FileNotFoundException($"Input file '{input}' does not exist.");

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using CMoE.Carving;
@@ -14,54 +15,73 @@ internal sealed class SweepCommand : ICommand
     /// <summary>Trials run when neither --layouts nor --trials is given (the standard space is large).</summary>
     private const int StandardTrials = 8;
 
+    private readonly Option<string> _model = CliOptions.Required("--model", "hf-folder", "the dense model to carve");
+    private readonly Option<string> _calibration = CliOptions.Required("--calibration", "text", "the calibration text");
+    private readonly Option<string> _eval = CliOptions.Required("--eval", "text", "the text perplexity is measured on");
+    private readonly Option<string> _out = CliOptions.Required("--out", "folder", "the folder for sweep.json, sweep.md and pareto.png");
+    private readonly Option<string?> _layouts = CliOptions.Optional("--layouts", "S1A1E8,S2A2E16,...", "the layouts to try (default: the standard space)");
+    private readonly Option<SearchStrategy> _search = CliOptions.Choice("--search", SearchStrategy.Grid, "how the space is searched");
+    private readonly Option<int?> _trials = CliOptions.OptionalInt("--trials", $"trials to run (default: all of --layouts, or {StandardTrials} of the standard space)", min: 1);
+    private readonly Option<double> _budgetMinutes = CliOptions.Double("--budget-minutes", 0, "stop starting trials after this many minutes (0 = no limit)", min: 0);
+    private readonly Option<int> _maxWindows = CliOptions.Int("--max-windows", 64, "evaluation windows per trial", min: 1);
+    private readonly Option<int> _samples = CliOptions.Int("--samples", 8, "calibration windows", min: 1);
+    private readonly Option<int> _seqLen = CliOptions.Int("--seq-len", 512, "tokens per calibration and evaluation window", min: 2);
+    private readonly Option<int> _seed = CliOptions.Int("--seed", 0, "seed of the calibration windows and the random search");
+    private readonly Option<string> _kAct = new("--k-act") { Description = "K_a values to try, comma-separated", HelpName = "10[,20..]", DefaultValueFactory = _ => "10" };
+    private readonly Option<string> _score = new("--score") { Description = "activation scores to try, comma-separated", HelpName = "cosine[,raw]", DefaultValueFactory = _ => "cosine" };
+    private readonly Option<int> _iterations = CliOptions.Int("--iterations", 1, "balanced k-means iterations", min: 1);
+    private readonly Option<int> _decodeTokens = CliOptions.Int("--decode-tokens", 32, "tokens decoded per speed run", min: 1);
+    private readonly Option<int> _decodeRuns = CliOptions.Int("--decode-runs", 3, "speed runs per trial (median)", min: 1);
+    private readonly Option<double> _target = CliOptions.Double("--target", 0.5, "largest active FFN fraction of the recommended layout", min: 0);
+    private readonly Option<bool> _noDense = CliOptions.Flag("--no-dense", "skip the dense model's reference figures");
+
+    public string Name => "sweep";
+
     public string Summary => "expert-count sweep: quality vs cost of many layouts, Pareto front and plot";
 
-    public string Usage => $"""
-        cmoe sweep --model <hf-folder> --calibration <text> --eval <text> --out <folder>
-                   [--layouts S1A1E8,S2A2E16,...] [--search grid|random] [--trials N] [--budget-minutes N]
-                   [--max-windows 64] [--samples 8] [--seq-len 512] [--seed 0] [--k-act 10[,20..]]
-                   [--score cosine[,raw]] [--iterations 1] [--decode-tokens 32] [--decode-runs 3]
-                   [--target 0.5] [--no-dense] {CommonOptions.WeightsUsage} {CommonOptions.ThreadsUsage}
-                   {CommonOptions.DeviceUsage} [--json]
-          Profiles the calibration windows ONCE per (score, K_a) on the dense model and carves every layout from
-          that profile (one-pass profiling: figures differ slightly from the sequential `cmoe carve`).
-          Without --layouts the standard space (e in 8,16,32; active fraction 1/8..3/4) is searched, {StandardTrials} trials
-          unless --trials says otherwise. Each trial: perplexity on --eval (windows of seq-len, at most max-windows),
-          decode tokens/s (greedy, KV cache, median of the runs), active FFN fraction and active parameters.
-          Writes sweep.json, sweep.md and pareto.png into --out (a temporary folder moved into place).
-          --target: the largest active FFN fraction for the recommended layout.
-          --weights: the format every model is measured in (perplexity and tokens/s); profiling and carving run on
-          fp32 weights, then each model is converted (CPU only; default fp32).
+    public string Details => $"""
+        Profiles the calibration windows ONCE per (score, K_a) on the dense model and carves every layout from
+        that profile (one-pass profiling: figures differ slightly from the sequential `cmoe carve`).
+        Without --layouts the standard space (e in 8,16,32; active fraction 1/8..3/4) is searched, {StandardTrials} trials
+        unless --trials says otherwise. Each trial: perplexity on --eval (windows of seq-len, at most max-windows),
+        decode tokens/s (greedy, KV cache, median of the runs), active FFN fraction and active parameters.
+        Writes sweep.json, sweep.md and pareto.png into --out (a temporary folder moved into place).
+        --weights: the format every model is measured in (perplexity and tokens/s); profiling and carving run on
+        fp32 weights, then each model is converted (CPU only; default fp32).
         """;
 
-    public IReadOnlySet<string> Flags { get; } = new HashSet<string> { "json", "verbose", "no-dense" };
+    public IEnumerable<Option> Options =>
+    [
+        _model, _calibration, _eval, _out, _layouts, _search, _trials, _budgetMinutes, _maxWindows, _samples, _seqLen, _seed,
+        _kAct, _score, _iterations, _decodeTokens, _decodeRuns, _target, _noDense, CommonOptions.WeightsOption,
+        .. CommonOptions.Runtime, CommonOptions.JsonOption,
+    ];
 
-    public int Run(CommandLine line, CancellationToken cancel)
+    public int Run(ParseResult line, CancellationToken cancel)
     {
-        string modelDir = line.Required("model", "hf-folder");
-        string calibrationPath = line.Required("calibration", "text");
-        string evalPath = line.Required("eval", "text");
-        string outDir = line.Required("out", "folder");
-        string? layouts = line.Optional("layouts");
-        var strategy = line.Choice("search", SearchStrategy.Grid);
-        int trials = line.Int("trials", 0, min: 1);
-        double budgetMinutes = line.Double("budget-minutes", 0, min: 0);
-        int maxWindows = line.Int("max-windows", 64, min: 1);
-        int samples = line.Int("samples", 8, min: 1);
-        int seqLen = line.Int("seq-len", 512, min: 2);
-        int seed = line.Int("seed", 0);
-        var kActs = ParseList<int>(line.Optional("k-act") ?? "10", "k-act", s => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int k) && k >= 1 ? k : (int?)null);
-        var scores = ParseList(line.Optional("score") ?? "cosine", "score", s => (ActivationScore?)CommandLine.ParseChoice<ActivationScore>("score", s));
-        int iterations = line.Int("iterations", 1, min: 1);
-        int decodeTokens = line.Int("decode-tokens", 32, min: 1);
-        int decodeRuns = line.Int("decode-runs", 3, min: 1);
-        double target = line.Double("target", 0.5, min: 0);
-        bool noDense = line.Flag("no-dense");
-        bool json = line.Flag("json");
+        string modelDir = line.GetValue(_model)!;
+        string calibrationPath = line.GetValue(_calibration)!;
+        string evalPath = line.GetValue(_eval)!;
+        string outDir = line.GetValue(_out)!;
+        string? layouts = line.GetValue(_layouts);
+        var strategy = line.GetValue(_search);
+        int trials = line.GetValue(_trials) ?? 0;
+        double budgetMinutes = line.GetValue(_budgetMinutes);
+        int maxWindows = line.GetValue(_maxWindows);
+        int samples = line.GetValue(_samples);
+        int seqLen = line.GetValue(_seqLen);
+        int seed = line.GetValue(_seed);
+        var kActs = ParseList<int>(line.GetValue(_kAct)!, "k-act", s => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int k) && k >= 1 ? k : (int?)null);
+        var scores = ParseList(line.GetValue(_score)!, "score", s => (ActivationScore?)CliOptions.ParseChoice<ActivationScore>("--score", s));
+        int iterations = line.GetValue(_iterations);
+        int decodeTokens = line.GetValue(_decodeTokens);
+        int decodeRuns = line.GetValue(_decodeRuns);
+        double target = line.GetValue(_target);
+        bool noDense = line.GetValue(_noDense);
+        bool json = line.GetValue(CommonOptions.JsonOption);
         var weights = CommonOptions.Weights(line) ?? Modeling.Weights.WeightFormat.Fp32;
         var device = CommonOptions.Device(line);
         int threads = CommonOptions.Threads(line);
-        line.RejectUnknown();
         CommonOptions.RequireCpuFor(weights, device);
 
         var config = CommonOptions.DenseConfig(modelDir, "sweep");

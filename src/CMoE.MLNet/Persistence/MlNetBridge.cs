@@ -139,6 +139,7 @@ internal static class MlNetBridge
     public static void RegisterAll(IHostEnvironment env)
     {
         ArgumentNullException.ThrowIfNull(env);
+        MlNetVersionGuard.EnsureSupported();
         foreach (var register in OwnRegistrations.Value)
             register.Invoke(null, BindingFlags.DoNotWrapExceptions, null, [env], null);
     }

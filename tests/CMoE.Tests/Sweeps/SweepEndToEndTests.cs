@@ -97,15 +97,14 @@ public class SweepEndToEndTests
             string calib = Path.Combine(dir, "calib.txt"), eval = Path.Combine(dir, "eval.txt");
             File.WriteAllText(calib, File.ReadAllText(Data("sotu_train_sample.txt"))[..10_000]);
             File.WriteAllText(eval, File.ReadAllText(Data("sotu_val_sample.txt"))[..4_000]);
-            var command = new SweepCommand();
             string[] args =
             [
-                "--model", TestPaths.EmbeddedModel, "--calibration", calib, "--eval", eval, "--out", outDir,
+                "sweep", "--model", TestPaths.EmbeddedModel, "--calibration", calib, "--eval", eval, "--out", outDir,
                 "--layouts", "S1A1E8,S2A2E16", "--samples", "2", "--seq-len", "64", "--max-windows", "2",
                 "--decode-tokens", "3", "--decode-runs", "1", "--no-dense", "--json", "--threads", "1",
             ];
 
-            command.Run(new CommandLine("sweep", args, command.Flags), CancellationToken.None).Should().Be(0);
+            CliApp.Run(args, CancellationToken.None).Should().Be(0);
 
             Directory.GetFiles(outDir).Select(Path.GetFileName).Should().BeEquivalentTo("sweep.json", "sweep.md", "pareto.png");
             File.ReadAllBytes(Path.Combine(outDir, "pareto.png")).Take(4).Should().Equal(0x89, (byte)'P', (byte)'N', (byte)'G');
