@@ -1,16 +1,17 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Spectre.Console;
 
 namespace CMoE.Cli;
 
-/// <summary>Console output: a progress bar on stderr when it is a terminal, JSON on stdout.</summary>
+/// <summary>Console output: progress on stderr (Spectre.Console) when it is a terminal, results and JSON on stdout.</summary>
 internal static class Terminal
 {
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
 
     public static bool Interactive => !Console.IsErrorRedirected;
 
-    /// <summary>A progress reporter drawing "label [#####     ] 42% extra" on stderr, or nothing when redirected.</summary>
+    /// <summary>A progress bar with elapsed and remaining time on stderr, or nothing when stderr is redirected.</summary>
     public static ProgressBar Progress(string label) => new(label, Interactive);
 
     public static void WriteJson(JsonObject obj) => Console.Out.WriteLine(obj.ToJsonString(Indented));
@@ -18,27 +19,46 @@ internal static class Terminal
     public static void Info(string line) => Console.Error.WriteLine(line);
 }
 
-/// <summary>A one-line progress bar on stderr.</summary>
-internal sealed class ProgressBar(string label, bool enabled) : IProgress<double>, IDisposable
+/// <summary>One Spectre.Console progress task on stderr: "label extra  [bar]  42%  elapsed  remaining".</summary>
+internal sealed class ProgressBar : IProgress<double>, IDisposable
 {
-    private int _lastPercent = -1;
-    private string _suffix = "";
+    private readonly string _label;
+    private readonly ProgressTask? _task;
+    private readonly TaskCompletionSource _finished = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Task? _display;
+
+    public ProgressBar(string label, bool enabled)
+    {
+        _label = label;
+        if (!enabled) return;
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+        var started = new TaskCompletionSource<ProgressTask>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _display = Task.Run(() => console.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(),
+                new ElapsedTimeColumn(), new RemainingTimeColumn())
+            .StartAsync(async context =>
+            {
+                started.SetResult(context.AddTask(Markup.Escape(label), maxValue: 1.0));
+                await _finished.Task;
+            }));
+        _task = started.Task.GetAwaiter().GetResult();
+    }
 
     public void Report(double fraction) => Report(fraction, null);
 
+    /// <summary>Sets the fraction done and, when given, the text after the label (e.g. "layer 3/8", "loss 3.21").</summary>
     public void Report(double fraction, string? suffix)
     {
-        if (!enabled) return;
-        if (suffix is not null) _suffix = suffix;
-        int percent = (int)Math.Clamp(fraction * 100, 0, 100);
-        if (percent == _lastPercent && suffix is null) return;
-        _lastPercent = percent;
-        int filled = percent * 30 / 100;
-        Console.Error.Write($"\r{label} [{new string('#', filled)}{new string(' ', 30 - filled)}] {percent,3}% {_suffix}   ");
+        if (_task is null) return;
+        _task.Value = Math.Clamp(fraction, 0, 1);
+        if (suffix is not null) _task.Description = $"{Markup.Escape(_label)} [grey]{Markup.Escape(suffix)}[/]";
     }
 
     public void Dispose()
     {
-        if (enabled && _lastPercent >= 0) Console.Error.WriteLine();
+        if (_display is null) return;
+        _finished.TrySetResult();
+        _display.GetAwaiter().GetResult();
     }
 }
