@@ -1,0 +1,18 @@
+using System.Text.Json.Nodes;
+
+namespace CMoE.Modeling.Families;
+
+/// <summary>Qwen2: LLaMA with biases on q, k and v (none on the output projection).</summary>
+internal sealed class Qwen2Family : ModelFamily
+{
+    public override IReadOnlyList<(string Architecture, string ModelType)> Names { get; } = [("Qwen2ForCausalLM", "qwen2")];
+
+    internal override LlamaConfig Read(JsonObject obj, LlamaConfig common, string path) =>
+        base.Read(obj, common, path) with { QkvBias = true, OutputBias = false };
+
+    internal override void Write(JsonObject json, LlamaConfig c)
+    {
+    }
+
+    internal override string GgufArchitecture => "qwen2";
+}
