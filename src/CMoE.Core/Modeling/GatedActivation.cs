@@ -32,9 +32,12 @@ public static class GatedActivations
     /// <summary>
     /// For the llama.cpp oracle only (tests/CMoE.Peer): compute tanh-GELU as llama.cpp's CPU backend does, through its
     /// half-precision table, y = fp16(gelu(fp16(x))) for -10 &lt; x &lt; 10, 0 below, x above. That table moves a Gemma-2
-    /// perplexity by 1e-6..2e-5 relative; with it on, the remaining difference is everything else. Process-wide; off by default.
+    /// perplexity by 1e-6..2e-5 relative; with it on, the remaining difference is everything else. Per thread (the thread that
+    /// runs the tensor forward pass); off by default.
     /// </summary>
-    internal static bool EmulateLlamaCppGelu { get; set; }
+    internal static bool EmulateLlamaCppGelu { get => _emulate; set => _emulate = value; }
+
+    [ThreadStatic] private static bool _emulate;
 
     private static Tensor GeluTanh(Tensor x)
     {
