@@ -17,15 +17,19 @@ public enum GgufTensorType
 }
 
 /// <summary>
-/// Writes a dense LLaMA Hugging Face folder as a GGUF v3 file that llama.cpp loads (the peer benchmark's input;
-/// tests/CMoE.Peer). Layout (little-endian; the reader in tests/CMoE.Tests/IO/GgufWriterTests.cs follows it):
+/// Writes a dense Hugging Face folder of any supported family as a GGUF v3 file that llama.cpp loads (the peer benchmark's
+/// and the numeric oracle's input; tests/CMoE.Peer). Layout (little-endian; the reader in tests/CMoE.Tests/IO/GgufWriterTests.cs follows it):
 /// <c>"GGUF"</c>, u32 version 3, u64 tensor count, u64 metadata count; metadata entries
 /// (string key, u32 value type, value; strings are u64 length + UTF-8 bytes, arrays u32 element type + u64 count + elements);
 /// tensor infos (string name, u32 n_dims, u64 dims innermost first, u32 GGML type, u64 data offset); zero padding to
 /// <see cref="Alignment"/>; then each tensor's data, each starting at a multiple of <see cref="Alignment"/>.
-/// Conventions are those of llama.cpp's convert_hf_to_gguf.py: tensor names <c>token_embd</c>,
-/// <c>blk.N.attn_{norm,q,k,v,output}</c>, <c>blk.N.ffn_{norm,gate,up,down}</c>, <c>output_norm</c>, <c>output</c>;
-/// q/k rows permuted from Hugging Face's rotate-half layout to llama.cpp's interleaved pairs (<see cref="PermuteQk"/>);
+/// Conventions are those of llama.cpp's convert_hf_to_gguf.py: <c>general.architecture</c> and the metadata prefix are the
+/// family's (<see cref="Families.ModelFamily.GgufArchitecture"/>: llama, qwen2, qwen3, phi3, gemma2), tensor names
+/// <c>token_embd</c>, <c>blk.N.attn_{norm,q,k,v,output}</c>, <c>blk.N.ffn_{norm,gate,up,down}</c>, <c>output_norm</c>,
+/// <c>output</c> plus each family's own (<see cref="Families.ModelFamily.GgufLayer"/>: Qwen3's <c>attn_{q,k}_norm</c>, Phi-3's
+/// fused <c>attn_qkv</c> and <c>ffn_up</c> = gate | up, Gemma-2's <c>post_attention_norm</c>, <c>post_ffw_norm</c>, norms written
+/// as 1 + w, soft-capping and sliding-window metadata); q/k rows permuted from Hugging Face's rotate-half layout to llama.cpp's
+/// interleaved pairs for the LLaMA family only (<see cref="PermuteQk"/>);
 /// norms and biases stay F32, matrices take the asked type; vocabulary, scores and token types come from
 /// <c>tokenizer.model</c> (SentencePiece). The file is written under a temporary name and moved into place.
 /// </summary>
@@ -60,7 +64,7 @@ public static class GgufWriter
     }
 
     /// <summary>
-    /// Writes the dense LLaMA model of <paramref name="folder"/> (config.json, safetensors weights, tokenizer.model) to
+    /// Writes the dense model of <paramref name="folder"/> (config.json, safetensors weights, tokenizer.model) to
     /// <paramref name="path"/>, weight matrices as <paramref name="matrices"/>.
     /// </summary>
     /// <exception cref="CMoEFormatException">The folder is carved, not LLaMA-shaped, has no tokenizer.model, or a row length is not a multiple of 32 for Q8_0.</exception>
