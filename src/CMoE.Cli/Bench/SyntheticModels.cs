@@ -76,7 +76,7 @@ internal static class SyntheticModels
         using var gen = new TorchSharp.torch.Generator((ulong)seed);
         foreach (var (name, p) in model.state_dict())
         {
-            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(Scalars.One);
+            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(Scalars.Of(1 - config.NormWeightOffset));   // unit effective scale
             else p.normal_(0, 0.02, gen);
         }
         return model;
@@ -118,7 +118,7 @@ internal static class SyntheticModels
                 bool norm = spec.Name.EndsWith("norm.weight", StringComparison.Ordinal);
                 bool table = spec.Name is "model.embed_tokens.weight" or "lm_head.weight";
                 using var value = !spread
-                    ? (norm ? ones(spec.Shape) : empty(spec.Shape).normal_(0, 0.02, gen))
+                    ? (norm ? full(spec.Shape, Scalars.Of(1 - config.NormWeightOffset)) : empty(spec.Shape).normal_(0, 0.02, gen))   // unit effective scale
                     : norm ? empty(spec.Shape).normal_(1 - config.NormWeightOffset, 0.1, gen)
                     : empty(spec.Shape).normal_(0, table ? 0.25 : 0.1, gen);
                 using var stored = value.to(dtype);

@@ -11,8 +11,12 @@ internal sealed class Qwen3Family : ModelFamily
 {
     public override IReadOnlyList<(string Architecture, string ModelType)> Names { get; } = [("Qwen3ForCausalLM", "qwen3")];
 
-    internal override LlamaConfig Read(JsonObject obj, LlamaConfig common, string path) =>
-        base.Read(obj, common, path) with { QkNorm = true };
+    internal override LlamaConfig Read(JsonObject obj, LlamaConfig common, string path)
+    {
+        if (LlamaConfig.Bool(obj, "use_sliding_window") == true)
+            throw new CMoEFormatException($"'{path}': use_sliding_window = true is not supported for {common.Architecture} (its per-layer windows are not implemented). Use a config with use_sliding_window false.");
+        return base.Read(obj, common, path) with { QkNorm = true };
+    }
 
     internal override string GgufArchitecture => "qwen3";
 
