@@ -18,7 +18,10 @@ namespace CMoE.Peer;
 /// The llama.cpp peer benchmark (docs/benchmarks.md, "Against llama.cpp (LLamaSharp)"). Speed, in one process:
 /// <c>dotnet run -c Release --project tests/CMoE.Peer -- --model ../shared/models/tinyref-llama --threads 1,2
 /// [--layout S2A2E16] [--prompt-tokens 512] [--decode-tokens 128] [--repeats 3] [--text sotu_val.txt] [--json] [--peer-only]</c> (--peer-only: llama.cpp alone, libtorch never loaded);
-/// the numeric oracle: <c>... -- perplexity --model ... --text ../shared/data/eval/sotu_val.txt [--windows 8] [--seq-len 512]</c>.
+/// the numeric oracle: <c>... -- perplexity --model ... --text ../shared/data/eval/sotu_val.txt [--windows 8] [--seq-len 512]</c>;
+/// the oracle per family: <c>... -- families [--tokenizer ../shared/models/tinyref-llama] [--windows 16] [--seq-len 256] [--only qwen3-tiny,...]</c>
+/// (a tiny random model of each supported family, written in its Hugging Face layout, converted as llama.cpp's converter does,
+/// perplexity ours vs llama.cpp; exit 1 when any differs beyond 1e-5 relative).
 /// </summary>
 internal static class Program
 {
@@ -26,10 +29,10 @@ internal static class Program
     {
         try
         {
-            bool perplexity = argv.Length > 0 && argv[0] == "perplexity";
-            var args = Args.Parse(perplexity ? argv[1..] : argv);
+            bool perplexity = argv.Length > 0 && argv[0] == "perplexity", families = argv.Length > 0 && argv[0] == "families";
+            var args = Args.Parse(perplexity || families ? argv[1..] : argv);
             LlamaCpp.Configure();
-            return perplexity ? Perplexity(args) : Speed(args);
+            return families ? Families(args) : perplexity ? Perplexity(args) : Speed(args);
         }
         catch (ArgumentException e)
         {
@@ -223,6 +226,64 @@ internal static class Program
         double rel = Math.Abs(ours.Perplexity - peerPpl) / peerPpl;
         Console.WriteLine($"relative difference {rel:E2} ({(rel <= 1e-5 ? "agree to 1e-5" : "DISAGREE beyond 1e-5")})");
         return rel <= 1e-5 ? 0 : 1;
+    }
+
+    /// <summary>Per family: a tiny random model (spread weights), its GGUF F32, perplexity ours vs llama.cpp on the same ids.</summary>
+    private static int Families(Args a)
+    {
+        string tokenizerFolder = a.Get("tokenizer", Path.Combine("..", "shared", "models", "tinyref-llama"));
+        string textPath = a.Get("text", DefaultText(tokenizerFolder));
+        int windows = a.Int("windows", 16), seqLen = a.Int("seq-len", 256), threads = a.Int("threads", Environment.ProcessorCount), seed = a.Int("seed", 7);
+        var names = a.Get("only", string.Join(",", SyntheticModels.FamilyShapes)).Split(',');
+        a.RejectUnknown();
+        TorchRuntime.SetThreads(threads);
+        var stream = TokenizerLoader.FromFolder(tokenizerFolder).Encode(File.ReadAllText(textPath), addBos: true);
+        var w = PerplexityEvaluator.Windows(stream, seqLen, windows);
+        int n = w.GetLength(0);
+        Console.WriteLine($"text: {Path.GetFullPath(textPath)}, {n} windows of {seqLen} (BOS + whole-file ids, tinyref's tokenizer); seeds {seed}, {seed + 1}, ... in order");
+        Console.WriteLine($"{"shape",-14}{"architecture",-22}{"ours fp32",14}{"llama.cpp F32",16}{"relative",11}");
+        using var ggufs = new GgufFolder();
+        bool allAgree = true;
+        foreach (string name in names)
+        {
+            var config = SyntheticModels.Get(name);
+            // Not named after the family: llama.cpp's vocabulary loader special-cases models whose general.name contains
+            // "phi3" (it looks up Phi-3's own special tokens, which tinyref's vocabulary lacks).
+            string folder = Path.Combine(ggufs.Path, $"tiny-model-{Array.IndexOf(names, name)}");
+            SyntheticModels.WriteFolder(config, folder, seed + Array.IndexOf(names, name), tokenizerFolder, spread: true);
+            string gguf = Path.Combine(ggufs.Path, name + ".gguf");
+            GgufWriter.Write(folder, gguf, GgufTensorType.F32);
+            double peerSum = 0;
+            using (var peer = LlamaCpp.ForPerplexity(gguf, threads, seqLen))
+                for (int i = 0; i < n; i++) peerSum += peer.WindowNll(Enumerable.Range(0, seqLen).Select(t => w[i, t]).ToArray());
+            double peerPpl = Math.Exp(peerSum / (n * (seqLen - 1L)));
+            double ours;
+            using (var model = ModelFolder.Load(folder))
+            {
+                model.eval();
+                ours = PerplexityEvaluator.Evaluate(model, stream, seqLen, windows).Perplexity;
+            }
+            double rel = Math.Abs(ours - peerPpl) / peerPpl;
+            if (config.Activation == GatedActivation.GeluTanh)
+            {
+                // llama.cpp's CPU GELU reads a half-precision table; the exact comparison uses ours with the same table.
+                Console.WriteLine($"{name,-14}{config.Architecture,-22}{ours,14:F6}{peerPpl,16:F6}{rel,11:E2}  (our exact GELU; llama.cpp's is an fp16 table)");
+                GatedActivations.EmulateLlamaCppGelu = true;
+                try
+                {
+                    using var model = ModelFolder.Load(folder);
+                    model.eval();
+                    ours = PerplexityEvaluator.Evaluate(model, stream, seqLen, windows).Perplexity;
+                }
+                finally { GatedActivations.EmulateLlamaCppGelu = false; }
+                rel = Math.Abs(ours - peerPpl) / peerPpl;
+            }
+            allAgree &= rel <= 1e-5;
+            string label = config.Activation == GatedActivation.GeluTanh ? name + " *" : name;
+            Console.WriteLine($"{label,-14}{config.Architecture,-22}{ours,14:F6}{peerPpl,16:F6}{rel,11:E2}{(rel <= 1e-5 ? "" : "  DISAGREE beyond 1e-5")}");
+        }
+        Console.WriteLine("* ours with llama.cpp's fp16 GELU table (GatedActivations.EmulateLlamaCppGelu)");
+        return allAgree ? 0 : 1;
     }
 
     /// <summary>One benchmarked engine and weight format, with its samples (tokens/s).</summary>

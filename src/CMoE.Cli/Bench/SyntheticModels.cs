@@ -19,7 +19,36 @@ internal static class SyntheticModels
         ["llama2-7b"] = Shape(hidden: 4096, ffn: 11008, layers: 32, heads: 32, kvHeads: 32, vocab: 32000),
         // A toy shape for smoke tests.
         ["micro"] = Shape(hidden: 64, ffn: 256, layers: 2, heads: 4, kvHeads: 2, vocab: 256),
+        // One tiny model per supported family (vocabulary 8192: tinyref's tokenizer fits), the numeric oracle's inputs
+        // (tests/CMoE.Peer families) and the family tests': hidden 64, 4 heads over 2 KV heads, 4 layers.
+        ["llama-tiny"] = Family("LlamaForCausalLM", """{"head_dim": 16}"""),
+        ["mistral-tiny"] = Family("MistralForCausalLM", """{"head_dim": 16}"""),
+        ["qwen2-tiny"] = Family("Qwen2ForCausalLM", """{"head_dim": 16, "tie_word_embeddings": true}"""),
+        ["qwen3-tiny"] = Family("Qwen3ForCausalLM", """{"head_dim": 32, "tie_word_embeddings": true}"""),   // head_dim != hidden / heads
+        ["phi3-tiny"] = Family("Phi3ForCausalLM", """{"sliding_window": null}"""),
+        // query_pre_attn_scalar = head_dim: llama.cpp scales by head_dim^-1/2 whatever the config says (except 27B).
+        ["gemma2-tiny"] = Family("Gemma2ForCausalLM", """
+            {"head_dim": 32, "query_pre_attn_scalar": 32, "attn_logit_softcapping": 5.0, "final_logit_softcapping": 10.0,
+             "sliding_window": 64, "hidden_activation": "gelu_pytorch_tanh"}
+            """),
     };
+
+    /// <summary>The names of the tiny per-family shapes.</summary>
+    public static readonly IReadOnlyList<string> FamilyShapes = ["llama-tiny", "mistral-tiny", "qwen2-tiny", "qwen3-tiny", "phi3-tiny", "gemma2-tiny"];
+
+    /// <summary>A tiny config of <paramref name="architecture"/> read as its config.json would be (so the family sets its features).</summary>
+    private static LlamaConfig Family(string architecture, string extra)
+    {
+        var json = new System.Text.Json.Nodes.JsonObject
+        {
+            ["architectures"] = new System.Text.Json.Nodes.JsonArray(architecture),
+            ["vocab_size"] = 8192, ["hidden_size"] = 64, ["intermediate_size"] = 128, ["num_hidden_layers"] = 4,
+            ["num_attention_heads"] = 4, ["num_key_value_heads"] = 2, ["rms_norm_eps"] = 1e-6, ["rope_theta"] = 10000.0,
+            ["max_position_embeddings"] = 2048, ["bos_token_id"] = 1, ["eos_token_id"] = 2,
+        };
+        foreach (var (key, value) in System.Text.Json.Nodes.JsonNode.Parse(extra)!.AsObject()) json[key] = value?.DeepClone();
+        return LlamaConfig.Parse(json, architecture + " (built-in tiny shape)");
+    }
 
     private static LlamaConfig Shape(int hidden, int ffn, int layers, int heads, int kvHeads, int vocab) => new()
     {
@@ -47,7 +76,7 @@ internal static class SyntheticModels
         using var gen = new TorchSharp.torch.Generator((ulong)seed);
         foreach (var (name, p) in model.state_dict())
         {
-            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(Scalars.One);
+            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(Scalars.Of(1 - config.NormWeightOffset));   // unit effective scale
             else p.normal_(0, 0.02, gen);
         }
         return model;
@@ -58,7 +87,12 @@ internal static class SyntheticModels
     /// memory at a time, in <paramref name="dtype"/> (float32 or bfloat16: drawn in fp32, then rounded), plus the tokenizer files
     /// of <paramref name="tokenizerFolder"/> (its vocabulary must fit).
     /// </summary>
-    public static void WriteFolder(LlamaConfig config, string folder, int seed, string tokenizerFolder, ScalarType dtype = ScalarType.Float32)
+    /// <remarks>
+    /// With <paramref name="spread"/> the weights are drawn wider so the model's output is far from uniform (what a numeric
+    /// comparison needs): matrices N(0, 0.1), embeddings and lm_head N(0, 0.25), norms 1 + N(0, 0.1) (effective scale, so
+    /// Gemma's stored w = N(0, 0.1)). Tensors are stored as the family's checkpoint stores them (Phi-3's fused ones).
+    /// </remarks>
+    public static void WriteFolder(LlamaConfig config, string folder, int seed, string tokenizerFolder, ScalarType dtype = ScalarType.Float32, bool spread = false)
     {
         if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16))
             throw new UsageException($"--dtype must be fp32 or bf16 (got {dtype})");
@@ -75,15 +109,18 @@ internal static class SyntheticModels
                 string src = Path.Combine(tokenizerFolder, file);
                 if (File.Exists(src)) File.Copy(src, Path.Combine(tmp, file));
             }
-            var specs = Modeling.IO.StateDictLayout.Specs(config).Select(s => s with { DType = dtype }).ToList();
+            var specs = Modeling.IO.StateDictLayout.CheckpointSpecs(config).Select(s => s with { DType = dtype }).ToList();
             using var writer = new Modeling.IO.SafeTensorsStreamWriter(Path.Combine(tmp, "model.safetensors"), specs);
             using var gen = new TorchSharp.torch.Generator((ulong)seed);
             using var noGrad = no_grad();
             foreach (var spec in specs)
             {
-                using var value = spec.Name.EndsWith("norm.weight", StringComparison.Ordinal)
-                    ? ones(spec.Shape)
-                    : empty(spec.Shape).normal_(0, 0.02, gen);
+                bool norm = spec.Name.EndsWith("norm.weight", StringComparison.Ordinal);
+                bool table = spec.Name is "model.embed_tokens.weight" or "lm_head.weight";
+                using var value = !spread
+                    ? (norm ? full(spec.Shape, Scalars.Of(1 - config.NormWeightOffset)) : empty(spec.Shape).normal_(0, 0.02, gen))   // unit effective scale
+                    : norm ? empty(spec.Shape).normal_(1 - config.NormWeightOffset, 0.1, gen)
+                    : empty(spec.Shape).normal_(0, table ? 0.25 : 0.1, gen);
                 using var stored = value.to(dtype);
                 writer.Write(spec.Name, stored);
             }

@@ -1,3 +1,4 @@
+using CMoE.Modeling;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -26,7 +27,8 @@ public static class ActivationMarkers
     /// <param name="wUp">Up projection weight W_up, [d_h, d] (Hugging Face <c>up_proj.weight</c>).</param>
     /// <param name="kind">Cosine (authors' code, default) or raw SwiGLU scores.</param>
     /// <returns>Scores, [q, d_h], float32.</returns>
-    public static Tensor Scores(Tensor x, Tensor wGate, Tensor wUp, ActivationScore kind = ActivationScore.Cosine)
+    /// <param name="activation">The gate activation of the model's family (SiLU; tanh-GELU for Gemma-2).</param>
+    public static Tensor Scores(Tensor x, Tensor wGate, Tensor wUp, ActivationScore kind = ActivationScore.Cosine, GatedActivation activation = GatedActivation.Silu)
     {
         CheckInputs(x, wGate, wUp);
         using var scope = NewDisposeScope();
@@ -37,7 +39,7 @@ public static class ActivationMarkers
         {
             using var chunkScope = NewDisposeScope();
             long rows = Math.Min(ChunkRows, q - start);
-            scores.narrow(0, start, rows).copy_(ChunkScores(x.narrow(0, start, rows), g, u, kind));
+            scores.narrow(0, start, rows).copy_(ChunkScores(x.narrow(0, start, rows), g, u, kind, activation));
         }
         return scores.MoveToOuterDisposeScope();
     }
@@ -79,8 +81,9 @@ public static class ActivationMarkers
     /// <param name="kAct">K_a, markers per token (paper: 10).</param>
     /// <param name="kind">Cosine (default) or raw scores.</param>
     /// <returns>Markers, [q, d_h], float32 0/1.</returns>
+    /// <param name="activation">The gate activation of the model's family (SiLU; tanh-GELU for Gemma-2).</param>
     public static Tensor Markers(Tensor x, Tensor wGate, Tensor wUp, int kAct = DefaultMarkersPerToken,
-        ActivationScore kind = ActivationScore.Cosine)
+        ActivationScore kind = ActivationScore.Cosine, GatedActivation activation = GatedActivation.Silu)
     {
         CheckInputs(x, wGate, wUp);
         CheckK(kAct, wGate.shape[0]);
@@ -92,7 +95,7 @@ public static class ActivationMarkers
         {
             using var chunkScope = NewDisposeScope();
             long rows = Math.Min(ChunkRows, q - start);
-            var chunk = ChunkScores(x.narrow(0, start, rows), g, u, kind);   // [rows, d_h]
+            var chunk = ChunkScores(x.narrow(0, start, rows), g, u, kind, activation);   // [rows, d_h]
             MarkChunk(markers.narrow(0, start, rows), chunk, kAct);
         }
         return markers.MoveToOuterDisposeScope();
@@ -128,8 +131,8 @@ public static class ActivationMarkers
         return (g, u);
     }
 
-    /// <summary>Scores of one chunk of tokens: h~ = SiLU(x g^T) * (x u^T), x normalised for the cosine form.</summary>
-    private static Tensor ChunkScores(Tensor xChunk, Tensor g, Tensor u, ActivationScore kind)
+    /// <summary>Scores of one chunk of tokens: h~ = act(x g^T) * (x u^T) (SiLU for SwiGLU), x normalised for the cosine form.</summary>
+    private static Tensor ChunkScores(Tensor xChunk, Tensor g, Tensor u, ActivationScore kind, GatedActivation activation)
     {
         var xc = xChunk.to_type(ScalarType.Float32);                            // [rows, d]
         if (kind == ActivationScore.Cosine)
@@ -138,7 +141,7 @@ public static class ActivationMarkers
         }
         var gate = matmul(xc, g.t());                                           // [rows, d_h]
         var up = matmul(xc, u.t());                                             // [rows, d_h]
-        return nn.functional.silu(gate).mul_(up);                               // [rows, d_h]
+        return activation.Apply(gate).mul_(up);                                 // [rows, d_h]
     }
 
     /// <summary>Writes ones at the top-k |score| positions of each row of <paramref name="target"/>.</summary>

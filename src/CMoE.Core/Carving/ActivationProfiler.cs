@@ -41,9 +41,9 @@ public static class ActivationProfiler
                         throw new InvalidOperationException($"Layer {l} is already carved; profile a dense model.");
                     var h = layer.AttentionResidual(x, cos, sin, null, l);                  // [b, t, d]
                     var f = layer.FfnInput(h);                                              // [b, t, d]
-                    var markers = ActivationMarkers.Markers(f.reshape(-1, config.HiddenSize), dense.Gate.Weight, dense.Up.Weight, kAct, score);
+                    var markers = ActivationMarkers.Markers(f.reshape(-1, config.HiddenSize), dense.Gate.Weight, dense.Up.Weight, kAct, score, dense.Activation);
                     perLayer[l].Add(markers.to(ScalarType.Byte).DetachFromDisposeScope());  // [b*t, dh]
-                    x = h.add(dense.forward(f), Scalars.One);
+                    x = layer.AddFfnOutput(h, dense.forward(f));
                 }
                 progress?.Report(((int)Math.Min(start + batch, ids.shape[0]), (int)ids.shape[0]));
             }

@@ -106,7 +106,7 @@ public static class MoeCarver
         var ffnInputs = mids.Select(layer.FfnInput).ToList();                                    // RMSNorm(h)
         Tensor markers;
         using (var flatInputs = cat(ffnInputs.Select(f => f.reshape(-1, d)).ToList(), 0))        // [q, d]
-            markers = ActivationMarkers.Markers(flatInputs, dense.Gate.Weight, dense.Up.Weight, options.KAct, options.Score); // [q, dh]
+            markers = ActivationMarkers.Markers(flatInputs, dense.Gate.Weight, dense.Up.Weight, options.KAct, options.Score, dense.Activation); // [q, dh]
         double profileSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
 
         var t1 = Stopwatch.GetTimestamp();
@@ -115,7 +115,7 @@ public static class MoeCarver
         using (markers) (moe, partition) = CarveLayer(layer, dense, markers, options.Layout, options.Iterations);
         double partitionSeconds = Stopwatch.GetElapsedTime(t1).TotalSeconds;
 
-        var next = mids.Zip(ffnInputs, (h, f) => h.add(moe.forward(f), Scalars.One)).ToList();                   // y = h + MoE(RMSNorm(h))
+        var next = mids.Zip(ffnInputs, (h, f) => { using var y = moe.forward(f); return layer.AddFfnOutput(h, y); }).ToList();   // y = h + MoE(RMSNorm(h))
         DisposeAll(hidden);
         DisposeAll(mids);
         DisposeAll(ffnInputs);

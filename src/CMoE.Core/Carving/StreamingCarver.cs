@@ -69,7 +69,7 @@ public static class StreamingCarver
             throw new ArgumentException("Calibration must be token windows [samples, seq_len] with seq_len >= 2.");
         var layout = options.Layout;
         int dh = config.IntermediateSize;
-        var shape = new MoeShape(config.HiddenSize, layout.SharedSize(dh), layout.Routed, layout.ExpertSize(dh), layout.Active);
+        var shape = new MoeShape(config.HiddenSize, layout.SharedSize(dh), layout.Routed, layout.ExpertSize(dh), layout.Active, config.Activation);
         var clock = Stopwatch.StartNew();
         string staging = StagingFolder(outputFolder);
         var inputs = CarveCheckpoint.DescribeInputs(sourceFolder, calibration, options, provenance);
@@ -119,7 +119,7 @@ public static class StreamingCarver
         {
             writer = SafeTensorsStreamWriter.Continue(checkpoint.ModelPath, specs, CarvedFolder.WeightsMetadata, 0, fix);
             buffers = [];
-            using var embeddings = new TokenEmbedding(config.VocabSize, config.HiddenSize);
+            using var embeddings = new TokenEmbedding(config.VocabSize, config.HiddenSize, scaleBySqrtHidden: config.ScaleEmbeddings);
             weights.LoadInto(embeddings, "model.embed_tokens.");
             hidden = MoeCarver.Batches(ids, options.Batch).Select(b => embeddings.forward(b)).ToList();   // [b, t, d] each
             WriteParameters(writer, embeddings, "model.embed_tokens.");

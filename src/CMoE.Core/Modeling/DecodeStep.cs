@@ -28,6 +28,7 @@ internal static class DecodeStep
         {
             var layer = layers[i];
             if (!layer.InputNorm.Decodable || !layer.FfnNorm.Decodable || layer.Attention.Decodable() is not { } attention) return null;
+            if (layer.PostAttentionNorm is not null || layer.PostFfnNorm is not null) return null;   // sandwich norms: the module path
             switch (layer.Mlp)
             {
                 case SwiGluMlp dense when dense.Decodable() is { } views: plan[i] = (attention, views, null, 0); break;

@@ -7,7 +7,9 @@ namespace CMoE.Modeling;
 
 /// <summary>
 /// Multi-head causal self-attention with rotary positions and grouped-query attention (GQA):
-/// each group of num_heads / num_kv_heads query heads shares one key/value head.
+/// each group of num_heads / num_kv_heads query heads shares one key/value head. Family features read from the config:
+/// per-head q/k RMSNorm before RoPE (Qwen3: <c>q_norm</c>, <c>k_norm</c>), and an eager path for a score scale other than
+/// head_dim^-1/2, score soft-capping and sliding windows (Gemma-2, Phi-3), which the fused SDPA call cannot express.
 /// </summary>
 public sealed class LlamaAttention : nn.Module
 {
@@ -16,6 +18,10 @@ public sealed class LlamaAttention : nn.Module
     private readonly Projection k_proj;
     private readonly Projection v_proj;
     private readonly Projection o_proj;
+    private readonly RmsNorm? q_norm;       // [head_dim], Qwen3
+    private readonly RmsNorm? k_norm;
+    private readonly LlamaConfig _config;
+    private readonly bool _eager;           // scale / soft-cap / sliding window: scores as explicit tensors
     private readonly int _heads, _kvHeads, _headDim;
     private readonly FusedWeights? _qkv;   // q_proj|k_proj|v_proj weights as one block (no q/k/v bias)
     private Tensor? _ropeSign;              // [head_dim]: -1 on the first half, +1 on the second
@@ -26,6 +32,8 @@ public sealed class LlamaAttention : nn.Module
     {
         var p = precision ?? Precision.Fp32;
         (_heads, _kvHeads, _headDim) = (c.NumHeads, c.NumKeyValueHeads, c.HeadDim);
+        _config = c;
+        _eager = c.AttentionSoftcap is not null || c.QueryPreAttnScalar is not null || c.SlidingLayers is not null;
         if (c.QkvBias)
         {
             q_proj = new Projection(c.HiddenSize, _heads * _headDim, c.QkvBias, p);
@@ -41,8 +49,16 @@ public sealed class LlamaAttention : nn.Module
             _qkv.Bind(q_proj.Weight, k_proj.Weight, v_proj.Weight);
         }
         o_proj = new Projection(_heads * _headDim, c.HiddenSize, c.OutputBias, p);
+        if (c.QkNorm)
+        {
+            q_norm = new RmsNorm(_headDim, c.RmsNormEps, p.Compute, c.NormWeightOffset);
+            k_norm = new RmsNorm(_headDim, c.RmsNormEps, p.Compute, c.NormWeightOffset);
+        }
         RegisterComponents();
     }
+
+    /// <summary>The per-head query and key norms (Qwen3), or null.</summary>
+    public (RmsNorm Q, RmsNorm K)? QkNorms => q_norm is null ? null : (q_norm, k_norm!);
 
     /// <summary>The q, k, v, o projections (for LoRA and tests).</summary>
     public IReadOnlyList<Projection> Projections => [q_proj, k_proj, v_proj, o_proj];
@@ -61,21 +77,31 @@ public sealed class LlamaAttention : nn.Module
         {
             // Inference fast path: one product for q|k|v, the rotation applied to q and k together.
             var qkv = qkvWeight.Linear(x).view(b, t, _heads + 2 * _kvHeads, _headDim);             // [b, t, H + 2 KV, hd]
-            var qk = RotaryEmbedding.ApplyHeadsLast(qkv.narrow(2, 0, _heads + _kvHeads), cos, sin, RopeSign(x)); // [b, t, H + KV, hd]
+            var qk = q_norm is null ? qkv.narrow(2, 0, _heads + _kvHeads)
+                : cat([q_norm.forward(qkv.narrow(2, 0, _heads)), k_norm!.forward(qkv.narrow(2, _heads, _kvHeads))], 2);   // [b, t, H + KV, hd]
+            qk = RotaryEmbedding.ApplyHeadsLast(qk, cos, sin, RopeSign(x));                          // [b, t, H + KV, hd]
             q = qk.narrow(2, 0, _heads).transpose(1, 2);                                            // [b, H, t, hd]
             k = qk.narrow(2, _heads, _kvHeads).transpose(1, 2);                                     // [b, KV, t, hd]
             v = qkv.narrow(2, _heads + _kvHeads, _kvHeads).transpose(1, 2);                         // [b, KV, t, hd]
         }
         else
         {
-            q = q_proj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);     // [b, H, t, hd]
-            k = k_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);   // [b, KV, t, hd]
+            q = q_proj.forward(x).view(b, t, _heads, _headDim);                     // [b, t, H, hd]
+            k = k_proj.forward(x).view(b, t, _kvHeads, _headDim);                   // [b, t, KV, hd]
+            if (q_norm is not null) (q, k) = (q_norm.forward(q), k_norm!.forward(k));   // per-head RMSNorm before RoPE (Qwen3)
+            q = q.transpose(1, 2);                                                  // [b, H, t, hd]
+            k = k.transpose(1, 2);                                                  // [b, KV, t, hd]
             v = v_proj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);   // [b, KV, t, hd]
             q = RotaryEmbedding.Apply(q, cos, sin);
             k = RotaryEmbedding.Apply(k, cos, sin);
         }
         long past = cache?.Length ?? 0;
         if (cache is not null) (k, v) = cache.Append(layer, k, v);                  // [b, KV, past + t, hd]
+        if (_eager)
+        {
+            var eager = EagerAttention(q, k, v, past, _config.WindowOf(layer));                               // [b, H, t, hd]
+            return o_proj.forward(eager.transpose(1, 2).reshape(b, t, _heads * _headDim)).MoveToOuterDisposeScope();
+        }
         if (t == 1 && past > 0 && _kvHeads != _heads)
         {
             // Decode step: the H/KV query heads of a group become G "positions" of one query against the
@@ -96,14 +122,45 @@ public sealed class LlamaAttention : nn.Module
         return o_proj.forward(merged).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// softmax(softcap(q k^T * scale) + mask) v with the scores as tensors (Hugging Face's eager attention): scale
+    /// query_pre_attn_scalar^-1/2 or head_dim^-1/2, cap * tanh(s / cap) when capped, a causal mask narrowed to the last
+    /// <paramref name="window"/> positions on sliding layers. q [b, H, t, hd], k and v [b, KV, past + t, hd] -> [b, H, t, hd].
+    /// </summary>
+    private Tensor EagerAttention(Tensor q, Tensor k, Tensor v, long past, int? window)
+    {
+        using var scope = NewDisposeScope();
+        if (_kvHeads != _heads)
+        {
+            k = k.repeat_interleave(_heads / _kvHeads, dim: 1);                      // [b, H, s, hd]
+            v = v.repeat_interleave(_heads / _kvHeads, dim: 1);
+        }
+        var scores = matmul(q, k.transpose(2, 3)).mul_(Scalars.Of(_config.AttentionScale));                   // [b, H, t, s]
+        if (_config.AttentionSoftcap is double cap) scores = scores.div_(Scalars.Of(cap)).tanh_().mul_(Scalars.Of(cap));
+        using var visible = VisibleMask(q.shape[2], past, window, q.device);                                  // [t, s]
+        scores = scores.masked_fill(visible.logical_not(), Scalars.NegativeInfinity);
+        var probs = scores.softmax(-1, ScalarType.Float32).to(q.dtype);                                       // [b, H, t, s]
+        return matmul(probs, v).MoveToOuterDisposeScope();                                                    // [b, H, t, hd]
+    }
+
+    /// <summary>Boolean [t, past + t]: query i (at position past + i) sees key j when j &lt;= past + i and, with a window, past + i - j &lt; window.</summary>
+    private static Tensor VisibleMask(long t, long past, int? window, Device device)
+    {
+        using var scope = NewDisposeScope();
+        var causal = ones([t, past + t], dtype: ScalarType.Bool, device: device).tril(past);
+        if (window is int w) causal = causal.logical_and(ones([t, past + t], dtype: ScalarType.Bool, device: device).tril(past - w).logical_not());
+        return causal.MoveToOuterDisposeScope();
+    }
+
     private readonly PerWeights<DecodeViews> _decoder = new();
 
     /// <summary>The managed kernels' views of W_q|W_k|W_v [(H + 2 KV) hd, d] and W_o [d, H hd].</summary>
     internal sealed record DecodeViews(MatrixView Qkv, MatrixView O);
 
-    /// <summary>The views the managed decode step reads, or null when it cannot (training, adapters, biases, other devices).</summary>
+    /// <summary>The views the managed decode step reads, or null when it cannot (training, adapters, biases, other devices, the eager path's features).</summary>
     internal DecodeViews? Decodable()
     {
+        if (_eager || (q_norm is not null && (!q_norm.Decodable || !k_norm!.Decodable))) return null;   // soft-cap, scale, window: tensor path
         if (o_proj.Bias is not null || !o_proj.RawWeightsUsable || _qkv is null || !q_proj.RawWeightsUsable || !k_proj.RawWeightsUsable || !v_proj.RawWeightsUsable)
             return null;
         if ((q_proj.Weight.requires_grad || o_proj.Weight.requires_grad) && is_grad_enabled()) return null;
@@ -160,6 +217,11 @@ public sealed class LlamaAttention : nn.Module
                 {
                     var r = qkv.Slice(row * width, width);
                     MatVec.Run(views.Qkv, x.Slice(row * d, d), r);
+                    if (q_norm is not null)                                                    // per-head RMSNorm before RoPE (Qwen3)
+                    {
+                        for (int h = 0; h < heads; h++) q_norm.Decode(r.Slice(h * hd, hd), r.Slice(h * hd, hd));
+                        for (int h = heads; h < heads + kv; h++) k_norm!.Decode(r.Slice(h * hd, hd), r.Slice(h * hd, hd));
+                    }
                     for (int h = 0; h < heads + kv; h++) DecodeKernels.Rotate(r.Slice(h * hd, hd), cos, sin);   // q and k
                     for (int g = 0; g < kv; g++)                                               // append k, v at position `past`
                     {

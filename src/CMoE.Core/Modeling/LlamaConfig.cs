@@ -1,21 +1,23 @@
-using System.Text.Json;
 using System.Text.Json.Nodes;
+using CMoE.Modeling.Families;
 
 namespace CMoE.Modeling;
 
 /// <summary>
-/// The architecture of a LLaMA-family decoder, read from a Hugging Face <c>config.json</c>.
-/// Supported architectures: <c>LlamaForCausalLM</c>, <c>MistralForCausalLM</c> and
-/// <c>Qwen2ForCausalLM</c> (the latter with biases on q/k/v).
+/// The architecture of a LLaMA-family decoder, read from a Hugging Face <c>config.json</c>: the keys every family shares,
+/// then the feature values its <see cref="ModelFamily"/> reads (q/k norms, GeGLU, Gemma's norms, soft-capping, sliding
+/// windows). Supported architectures: <see cref="SupportedArchitectures"/> (one family file each under <c>Families/</c>).
 /// </summary>
 public sealed record LlamaConfig
 {
     /// <summary>Architectures this loader implements.</summary>
     public static readonly IReadOnlyList<string> SupportedArchitectures =
-        ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+        ModelFamily.All.SelectMany(f => f.Names).Select(n => n.Architecture).ToArray();
 
     /// <summary>The Hugging Face architecture name.</summary>
     public string Architecture { get; init; } = "LlamaForCausalLM";
+    /// <summary>The family that reads and writes this architecture (config keys, fused tensors, GGUF layout).</summary>
+    public ModelFamily Family => ModelFamily.For(Architecture);
     /// <summary>Vocabulary size.</summary>
     public int VocabSize { get; init; }
     /// <summary>Model (residual stream) width d.</summary>
@@ -59,6 +61,34 @@ public sealed record LlamaConfig
     /// <summary>The dtype the checkpoint was saved in (informational).</summary>
     public string? TorchDType { get; init; }
 
+    // Family features (set by the family's Read; LLaMA's values by default).
+    /// <summary>The gated FFN's activation: SiLU (SwiGLU) or tanh-GELU (GeGLU, Gemma-2).</summary>
+    public GatedActivation Activation { get; init; } = GatedActivation.Silu;
+    /// <summary>Whether each query and key head is RMS-normalised (weight [head_dim]) before RoPE (Qwen3).</summary>
+    public bool QkNorm { get; init; }
+    /// <summary>RMSNorm scales by (offset + w): 0 for LLaMA, 1 for Gemma (x * (1 + w)).</summary>
+    public double NormWeightOffset { get; init; }
+    /// <summary>Whether embeddings are multiplied by sqrt(hidden) in the compute dtype (Gemma).</summary>
+    public bool ScaleEmbeddings { get; init; }
+    /// <summary>Whether a layer has a norm after attention and after the FFN besides the pre-norms (Gemma-2).</summary>
+    public bool SandwichNorms { get; init; }
+    /// <summary>Attention scores become cap * tanh(scores / cap) when set (Gemma-2).</summary>
+    public double? AttentionSoftcap { get; init; }
+    /// <summary>Logits become cap * tanh(logits / cap) when set (Gemma-2).</summary>
+    public double? FinalLogitSoftcap { get; init; }
+    /// <summary>Attention scores are scaled by this^-1/2 instead of head_dim^-1/2 when set (Gemma-2).</summary>
+    public double? QueryPreAttnScalar { get; init; }
+    /// <summary>The sliding window (a query at i sees keys j with i - j &lt; window) of the layers <see cref="SlidingLayers"/> marks.</summary>
+    public int? SlidingWindow { get; init; }
+    /// <summary>Per layer, whether it uses the sliding window; null when none does.</summary>
+    public IReadOnlyList<bool>? SlidingLayers { get; init; }
+
+    /// <summary>The attention score scale: query_pre_attn_scalar^-1/2 when set, else head_dim^-1/2.</summary>
+    public double AttentionScale => 1.0 / Math.Sqrt(QueryPreAttnScalar ?? HeadDim);
+
+    /// <summary>The window of layer <paramref name="layer"/>, or null when it attends to every earlier position.</summary>
+    public int? WindowOf(int layer) => SlidingLayers is { } s && s[layer] ? SlidingWindow : null;
+
     /// <summary>Reads and validates <c>config.json</c> in a model folder (or the file itself).</summary>
     /// <exception cref="CMoEFormatException">A key is missing or invalid, or the architecture is not supported.</exception>
     public static LlamaConfig Load(string folderOrFile)
@@ -78,11 +108,8 @@ public sealed record LlamaConfig
     public static LlamaConfig Parse(JsonObject obj, string path = "config.json")
     {
         string arch = obj["architectures"] is JsonArray { Count: > 0 } archs ? archs[0]!.GetValue<string>() : ArchitectureFromModelType(obj, path);
-        if (!SupportedArchitectures.Contains(arch))
-            throw new CMoEFormatException($"'{path}': architecture '{arch}' is not supported. Supported: {string.Join(", ", SupportedArchitectures)} (LLaMA-family decoders with a SwiGLU FFN).");
-        string act = Str(obj, "hidden_act") ?? "silu";
-        if (act != "silu")
-            throw new CMoEFormatException($"'{path}': hidden_act '{act}' is not supported; CMoE carves SwiGLU (silu) FFNs.");
+        var family = ModelFamily.Find(arch)
+            ?? throw new CMoEFormatException($"'{path}': architecture '{arch}' is not supported. Supported: {string.Join(", ", SupportedArchitectures)} (LLaMA-family decoders with a gated FFN).");
         int hidden = Int(obj, "hidden_size", path);
         int heads = Int(obj, "num_attention_heads", path);
         int kvHeads = IntOr(obj, "num_key_value_heads", heads);
@@ -107,14 +134,13 @@ public sealed record LlamaConfig
             RopeOriginalMaxPositions = (int)(Dbl(rope, "original_max_position_embeddings") ?? 8192),
             MaxPositionEmbeddings = IntOr(obj, "max_position_embeddings", 2048),
             TieWordEmbeddings = Bool(obj, "tie_word_embeddings") ?? false,
-            QkvBias = arch == "Qwen2ForCausalLM" || (Bool(obj, "attention_bias") ?? false),
-            OutputBias = arch != "Qwen2ForCausalLM" && (Bool(obj, "attention_bias") ?? false),
             BosTokenId = TokenId(obj, "bos_token_id"),
             EosTokenId = TokenId(obj, "eos_token_id"),
             TorchDType = Str(obj, "torch_dtype") ?? Str(obj, "dtype"),
         };
         if (Bool(obj, "mlp_bias") == true)
-            throw new CMoEFormatException($"'{path}': mlp_bias = true is not supported; CMoE carves bias-free SwiGLU FFNs.");
+            throw new CMoEFormatException($"'{path}': mlp_bias = true is not supported; CMoE carves bias-free gated FFNs.");
+        config = family.Read(obj, config, path);
         config.Validate(path);
         return config;
     }
@@ -135,10 +161,17 @@ public sealed record LlamaConfig
     }
 
     /// <summary>Writes the keys this loader reads back into a config object (used for carved folders).</summary>
-    public JsonObject ToJson() => new()
+    public JsonObject ToJson()
+    {
+        var json = CommonJson();
+        Family.Write(json, this);
+        return json;
+    }
+
+    private JsonObject CommonJson() => new()
     {
         ["architectures"] = new JsonArray(Architecture),
-        ["model_type"] = Architecture switch { "MistralForCausalLM" => "mistral", "Qwen2ForCausalLM" => "qwen2", _ => "llama" },
+        ["model_type"] = Family.ModelType(Architecture),
         ["vocab_size"] = VocabSize,
         ["hidden_size"] = HiddenSize,
         ["intermediate_size"] = IntermediateSize,
@@ -146,7 +179,7 @@ public sealed record LlamaConfig
         ["num_attention_heads"] = NumHeads,
         ["num_key_value_heads"] = NumKeyValueHeads,
         ["head_dim"] = HeadDim,
-        ["hidden_act"] = "silu",
+        ["hidden_act"] = Activation.ConfigName(),
         ["rms_norm_eps"] = RmsNormEps,
         ["rope_theta"] = RopeTheta,
         ["rope_scaling"] = RopeType == "default" ? null : new JsonObject
@@ -159,7 +192,6 @@ public sealed record LlamaConfig
         },
         ["max_position_embeddings"] = MaxPositionEmbeddings,
         ["tie_word_embeddings"] = TieWordEmbeddings,
-        ["attention_bias"] = Architecture != "Qwen2ForCausalLM" && QkvBias,
         ["mlp_bias"] = false,
         ["bos_token_id"] = BosTokenId,
         ["eos_token_id"] = EosTokenId,
@@ -178,11 +210,8 @@ public sealed record LlamaConfig
 
     private static string ArchitectureFromModelType(JsonObject obj, string path) => Str(obj, "model_type") switch
     {
-        "llama" => "LlamaForCausalLM",
-        "mistral" => "MistralForCausalLM",
-        "qwen2" => "Qwen2ForCausalLM",
         null => throw new CMoEFormatException($"'{path}' names neither 'architectures' nor 'model_type'. Add \"architectures\": [\"LlamaForCausalLM\"]."),
-        var other => other,
+        var type => ModelFamily.All.SelectMany(f => f.Names).FirstOrDefault(n => n.ModelType == type).Architecture ?? type,
     };
 
     private static int Int(JsonObject obj, string key, string path)
@@ -195,6 +224,9 @@ public sealed record LlamaConfig
         return value;
     }
 
+    internal static int? IntOrNull(JsonObject obj, string key) =>
+        obj[key] is JsonValue v && v.TryGetValue(out int value) ? value : null;
+
     private static int IntOr(JsonObject obj, string key, int fallback) =>
         obj[key] is JsonValue v && v.TryGetValue(out int value) ? value : fallback;
 
@@ -205,12 +237,12 @@ public sealed record LlamaConfig
         _ => null,
     };
 
-    private static double? Dbl(JsonObject? obj, string key) =>
+    internal static double? Dbl(JsonObject? obj, string key) =>
         obj?[key] is JsonValue v && v.TryGetValue(out double value) ? value : null;
 
-    private static bool? Bool(JsonObject obj, string key) =>
+    internal static bool? Bool(JsonObject obj, string key) =>
         obj[key] is JsonValue v && v.TryGetValue(out bool value) ? value : null;
 
-    private static string? Str(JsonObject? obj, string key) =>
+    internal static string? Str(JsonObject? obj, string key) =>
         obj?[key] is JsonValue v && v.TryGetValue(out string? value) ? value : null;
 }

@@ -16,11 +16,11 @@ public sealed class LlamaModel : nn.Module
     /// <summary>Creates the stack with uninitialised weights.</summary>
     public LlamaModel(LlamaConfig c, Precision precision) : base(nameof(LlamaModel))
     {
-        embed_tokens = new TokenEmbedding(c.VocabSize, c.HiddenSize, precision);
+        embed_tokens = new TokenEmbedding(c.VocabSize, c.HiddenSize, precision, c.ScaleEmbeddings);
         layers = new ModuleList<DecoderLayer>();
         for (int i = 0; i < c.NumLayers; i++) layers.Add(new DecoderLayer(c, precision));
         _layerList.AddRange(layers);
-        norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, precision.Compute);
+        norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, precision.Compute, c.NormWeightOffset);
         RegisterComponents();
     }
 
@@ -99,12 +99,12 @@ public sealed class LlamaForCausalLM : nn.Module
         return model.Norm.forward(x).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Logits from final hidden states: [b, t, d] -> [b, t, vocab].</summary>
+    /// <summary>Logits from final hidden states: [b, t, d] -> [b, t, vocab], soft-capped as cap * tanh(z / cap) when the config says (Gemma-2).</summary>
     public Tensor Logits(Tensor hidden)
     {
-        if (lm_head is not null) return lm_head.forward(hidden);
-        if (TiedManagedLogits(hidden) is { } logits) return logits;
-        return model.Embeddings.Stored.Linear(hidden);
+        var logits = lm_head is not null ? lm_head.forward(hidden) : TiedManagedLogits(hidden) ?? model.Embeddings.Stored.Linear(hidden);
+        if (Config.FinalLogitSoftcap is not double cap) return logits;
+        using (logits) return logits.div(Scalars.Of(cap)).tanh_().mul_(Scalars.Of(cap));
     }
 
     /// <summary>Tied embeddings on the decode path: the table's rows as the lm_head matrix through the managed kernels; else null.</summary>

@@ -5,7 +5,10 @@ using F = TorchSharp.torch.nn.functional;
 
 namespace CMoE.Modeling;
 
-/// <summary>The dense SwiGLU feed-forward block: y = W_down (SiLU(W_gate x) * (W_up x)).</summary>
+/// <summary>
+/// The dense gated feed-forward block: y = W_down (act(W_gate x) * (W_up x)), act SiLU (SwiGLU) or tanh-GELU (GeGLU,
+/// Gemma-2). The managed decode kernels implement SiLU only; a GeGLU block takes the tensor path.
+/// </summary>
 public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
 {
     // Field names are the Hugging Face keys: mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight.
@@ -16,8 +19,9 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
     private readonly long _intermediate;
 
     /// <summary>Creates the block with uninitialised weights (they are loaded from a checkpoint) in <paramref name="precision"/> (fp32 when null).</summary>
-    public SwiGluMlp(long hidden, long intermediate, Precision? precision = null) : base(nameof(SwiGluMlp))
+    public SwiGluMlp(long hidden, long intermediate, Precision? precision = null, GatedActivation activation = GatedActivation.Silu) : base(nameof(SwiGluMlp))
     {
+        Activation = activation;
         var p = precision ?? Precision.Fp32;
         _intermediate = intermediate;
         (_gateUp, var parts) = FusedWeights.Allocate(hidden, [intermediate, intermediate], p.Weights);
@@ -27,6 +31,9 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
         down_proj = new Projection(intermediate, hidden, precision: p);
         RegisterComponents();
     }
+
+    /// <summary>The gate's activation.</summary>
+    public GatedActivation Activation { get; }
 
     /// <summary>W_gate [d_h, d].</summary>
     public Projection Gate => gate_proj;
@@ -44,10 +51,10 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
         {
             // Inference fast path: one product for gate|up, SiLU and the product in place.
             var gu = gateUp.Linear(x);                                        // [..., 2 d_h]
-            var g = gu.narrow(-1, 0, _intermediate).silu_().mul_(gu.narrow(-1, _intermediate, _intermediate)); // [..., d_h]
+            var g = Activation.ApplyInPlace(gu.narrow(-1, 0, _intermediate)).mul_(gu.narrow(-1, _intermediate, _intermediate)); // [..., d_h]
             return down_proj.forward(g).MoveToOuterDisposeScope();
         }
-        var h = F.silu(gate_proj.forward(x)) * up_proj.forward(x);   // [..., d_h]
+        var h = Activation.Apply(gate_proj.forward(x)) * up_proj.forward(x);   // [..., d_h]
         return down_proj.forward(h).MoveToOuterDisposeScope();       // [..., d]
     }
 
@@ -59,7 +66,7 @@ public sealed class SwiGluMlp : nn.Module<Tensor, Tensor>
     /// <summary>The views the managed decode kernels read, or null when they cannot (training, adapters, a bias, other devices, split blocks).</summary>
     internal DecodeViews? Decodable()
     {
-        if (FusedGateUp is not { } gateUp || down_proj.Bias is not null) return null;
+        if (Activation != GatedActivation.Silu || FusedGateUp is not { } gateUp || down_proj.Bias is not null) return null;   // kernels are SiLU
         return _decoder.Get([gate_proj.Weight, up_proj.Weight, down_proj.Weight], () =>
             MatrixView.Of(gateUp) is { } gu && MatrixView.Of(down_proj.Stored) is { } dn ? new DecodeViews(gu, dn) : null);
     }

@@ -14,15 +14,24 @@ public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
     private readonly Tensor? weight_scale;     // [vocab, d / G], int8 only
     private readonly WeightFormat _format;
     private readonly ScalarType _compute;
+    private readonly double? _scale;           // Gemma: rows times sqrt(d), the factor rounded to the compute dtype
 
-    /// <summary>Creates a [vocab, hidden] table in <paramref name="precision"/> (fp32 when null).</summary>
-    public TokenEmbedding(long vocab, long hidden, Precision? precision = null) : base(nameof(TokenEmbedding))
+    /// <summary>
+    /// Creates a [vocab, hidden] table in <paramref name="precision"/> (fp32 when null); with <paramref name="scaleBySqrtHidden"/>
+    /// looked-up rows are multiplied by sqrt(hidden) in the compute dtype (Gemma's normalizer).
+    /// </summary>
+    public TokenEmbedding(long vocab, long hidden, Precision? precision = null, bool scaleBySqrtHidden = false) : base(nameof(TokenEmbedding))
     {
         var p = precision ?? Precision.Fp32;
         var stored = StoredWeight.Allocate([vocab, hidden], p.Weights.For(hidden, "the embedding table"));
         weight = StoredWeight.Field(stored.Values);
         weight_scale = stored.Scales;
         (_format, _compute) = (stored.Format, p.Compute);
+        if (scaleBySqrtHidden)
+        {
+            using var normalizer = tensor(Math.Sqrt(hidden), dtype: p.Compute);             // torch.tensor(hidden**0.5, dtype) as HF
+            _scale = normalizer.to(ScalarType.Float64).item<double>();
+        }
         RegisterComponents();
     }
 
@@ -45,7 +54,8 @@ public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
         }
         var flat = ids.flatten();
         var picked = new StoredWeight(weight.index_select(0, flat), weight_scale?.index_select(0, flat), _format);   // [b*t, d]
-        return picked.Dense(_compute).view(ids.shape[0], ids.shape[1], -1).MoveToOuterDisposeScope();
+        var looked = picked.Dense(_compute).view(ids.shape[0], ids.shape[1], -1);                               // [b, t, d]
+        return (_scale is double s ? looked.mul(Scalars.Of(s)) : looked).MoveToOuterDisposeScope();
     }
 
     private void CheckRange(long low, long high)
@@ -89,6 +99,7 @@ public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
         foreach (long id in tokens) (low, high) = (Math.Min(low, id), Math.Max(high, id));
         CheckRange(low, high);
         for (int t = 0; t < tokens.Length; t++) Row(table, tokens[t], y.Slice(t * table.Cols, table.Cols));
+        if (_scale is double s) System.Numerics.Tensors.TensorPrimitives.Multiply(y[..(tokens.Length * table.Cols)], (float)s, y);
     }
 
     /// <summary>Row <paramref name="id"/> of a table in any format, as fp32.</summary>

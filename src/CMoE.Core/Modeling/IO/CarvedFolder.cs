@@ -148,7 +148,7 @@ public static class CarvedFolder
         {
             shape = new MoeShape(
                 cmoe["hidden_size"]!.GetValue<int>(), cmoe["shared_size"]!.GetValue<int>(), cmoe["routed_experts"]!.GetValue<int>(),
-                cmoe["expert_size"]!.GetValue<int>(), cmoe["active_experts"]!.GetValue<int>());
+                cmoe["expert_size"]!.GetValue<int>(), cmoe["active_experts"]!.GetValue<int>(), model.Config.Activation);
         }
         catch (Exception e) when (e is NullReferenceException or InvalidOperationException or FormatException)
         {

@@ -92,16 +92,23 @@ public static class CheckpointLoader
     }
 }
 
-/// <summary>The open safetensors files of a model folder, indexed by tensor name (one file handle each).</summary>
+/// <summary>
+/// The open safetensors files of a model folder, indexed by tensor name (one file handle each). A tensor the files do not
+/// hold may be a row block of a fused one the family names (<see cref="Families.ModelFamily.FusedTensors"/>: Phi-3's
+/// <c>qkv_proj</c>, <c>gate_up_proj</c>); it is then read as that block.
+/// </summary>
 internal sealed class WeightSet : IDisposable
 {
     private readonly List<SafeTensorsFile> _files;
     private readonly Dictionary<string, SafeTensorsFile> _where = new(StringComparer.Ordinal);
+    private readonly LlamaConfig? _config;
 
     private WeightSet(string folder, List<SafeTensorsFile> files)
     {
         Folder = folder;
         _files = files;
+        try { _config = File.Exists(Path.Combine(folder, "config.json")) ? LlamaConfig.Load(folder) : null; }
+        catch (CMoEFormatException) { _config = null; }   // no family: tensors are read by their own names only
         foreach (var f in files)
             foreach (var name in f.Tensors.Keys)
                 _where[name] = f;
@@ -126,9 +133,41 @@ internal sealed class WeightSet : IDisposable
         }
     }
 
+    /// <summary>Whether the files hold <paramref name="name"/>, itself or as a block of a fused tensor.</summary>
+    public bool Contains(string name) => _where.ContainsKey(name) || Block(name) is not null;
+
+    /// <summary>The fused tensor and first row holding <paramref name="name"/> when the files hold it only that way, else null.</summary>
+    private (string Fused, long Row)? Block(string name)
+    {
+        if (_config is null || _where.ContainsKey(name)) return null;
+        foreach (var f in _config.Family.FusedTensors)
+        {
+            long row = 0;
+            foreach (var (key, rows) in f.Parts)
+            {
+                if (name.EndsWith("." + key, StringComparison.Ordinal))
+                {
+                    string fused = name[..^key.Length] + f.Fused;
+                    return _where.ContainsKey(fused) ? (fused, row) : null;
+                }
+                row += rows(_config);
+            }
+        }
+        return null;
+    }
+
     /// <summary>Reads tensor <paramref name="name"/> converted to <paramref name="dtype"/>, checking its shape.</summary>
     public Tensor Load(string name, ScalarType dtype, long[] shape)
     {
+        if (Block(name) is var (fused, row))
+        {
+            var whole = _where[fused].Tensors[fused].Shape;
+            if (whole.Length != shape.Length || row + shape[0] > whole[0] || !whole[1..].SequenceEqual(shape[1..]))
+                throw new CMoEFormatException(
+                    $"'{Folder}': fused tensor '{fused}' has shape [{string.Join(",", whole)}], which does not hold '{name}' [{string.Join(",", shape)}] at row {row}. The weights do not belong to this config.json.");
+            using var all = _where[fused].Load(fused, dtype);
+            return all.narrow(0, row, shape[0]).contiguous();
+        }
         if (!_where.TryGetValue(name, out var file))
             throw new CMoEFormatException($"'{Folder}' lacks tensor '{name}' that the architecture needs. The checkpoint does not match config.json (tie_word_embeddings? architecture?).");
         var info = file.Tensors[name];
@@ -154,14 +193,14 @@ internal sealed class WeightSet : IDisposable
             handled.Add(key);
             handled.Add(key + StoredWeights.ScaleSuffix);
             string name = prefix + key;
-            if (!_where.ContainsKey(name)) { missing.Add(name); continue; }
+            if (!Contains(name)) { missing.Add(name); continue; }
             LoadWeight(name, weight);
         }
         foreach (var (key, target) in module.state_dict())
         {
             if (handled.Contains(key)) continue;
             string name = prefix + key;
-            if (!_where.ContainsKey(name)) { missing.Add(name); continue; }
+            if (!Contains(name)) { missing.Add(name); continue; }
             using var value = Load(name, target.dtype, target.shape);
             target.copy_(value);
         }
@@ -175,7 +214,8 @@ internal sealed class WeightSet : IDisposable
     {
         using var scope = NewDisposeScope();
         string scaleName = name + StoredWeights.ScaleSuffix;
-        var stored = _where[name].Tensors[name];
+        string key = Block(name)?.Fused ?? name;
+        var stored = _where[key].Tensors[key];
         if (stored.DType == "I8")
         {
             if (!_where.TryGetValue(scaleName, out var scaleFile))

@@ -17,15 +17,19 @@ public enum GgufTensorType
 }
 
 /// <summary>
-/// Writes a dense LLaMA Hugging Face folder as a GGUF v3 file that llama.cpp loads (the peer benchmark's input;
-/// tests/CMoE.Peer). Layout (little-endian; the reader in tests/CMoE.Tests/IO/GgufWriterTests.cs follows it):
+/// Writes a dense Hugging Face folder of any supported family as a GGUF v3 file that llama.cpp loads (the peer benchmark's
+/// and the numeric oracle's input; tests/CMoE.Peer). Layout (little-endian; the reader in tests/CMoE.Tests/IO/GgufWriterTests.cs follows it):
 /// <c>"GGUF"</c>, u32 version 3, u64 tensor count, u64 metadata count; metadata entries
 /// (string key, u32 value type, value; strings are u64 length + UTF-8 bytes, arrays u32 element type + u64 count + elements);
 /// tensor infos (string name, u32 n_dims, u64 dims innermost first, u32 GGML type, u64 data offset); zero padding to
 /// <see cref="Alignment"/>; then each tensor's data, each starting at a multiple of <see cref="Alignment"/>.
-/// Conventions are those of llama.cpp's convert_hf_to_gguf.py: tensor names <c>token_embd</c>,
-/// <c>blk.N.attn_{norm,q,k,v,output}</c>, <c>blk.N.ffn_{norm,gate,up,down}</c>, <c>output_norm</c>, <c>output</c>;
-/// q/k rows permuted from Hugging Face's rotate-half layout to llama.cpp's interleaved pairs (<see cref="PermuteQk"/>);
+/// Conventions are those of llama.cpp's convert_hf_to_gguf.py: <c>general.architecture</c> and the metadata prefix are the
+/// family's (<see cref="Families.ModelFamily.GgufArchitecture"/>: llama, qwen2, qwen3, phi3, gemma2), tensor names
+/// <c>token_embd</c>, <c>blk.N.attn_{norm,q,k,v,output}</c>, <c>blk.N.ffn_{norm,gate,up,down}</c>, <c>output_norm</c>,
+/// <c>output</c> plus each family's own (<see cref="Families.ModelFamily.GgufLayer"/>: Qwen3's <c>attn_{q,k}_norm</c>, Phi-3's
+/// fused <c>attn_qkv</c> and <c>ffn_up</c> = gate | up, Gemma-2's <c>post_attention_norm</c>, <c>post_ffw_norm</c>, norms written
+/// as 1 + w, soft-capping and sliding-window metadata); q/k rows permuted from Hugging Face's rotate-half layout to llama.cpp's
+/// interleaved pairs for the LLaMA family only (<see cref="PermuteQk"/>);
 /// norms and biases stay F32, matrices take the asked type; vocabulary, scores and token types come from
 /// <c>tokenizer.model</c> (SentencePiece). The file is written under a temporary name and moved into place.
 /// </summary>
@@ -49,7 +53,7 @@ public static class GgufWriter
     /// <summary>GGUF metadata value types.</summary>
     internal enum ValueType : uint { UInt32 = 4, Int32 = 5, Float32 = 6, Bool = 7, String = 8, Array = 9 }
 
-    private sealed record TensorEntry(string Name, long[] Shape, GgufTensorType Type, Func<float[]> Data)
+    internal sealed record TensorEntry(string Name, long[] Shape, GgufTensorType Type, Func<float[]> Data)
     {
         public long Bytes => Type switch
         {
@@ -60,7 +64,7 @@ public static class GgufWriter
     }
 
     /// <summary>
-    /// Writes the dense LLaMA model of <paramref name="folder"/> (config.json, safetensors weights, tokenizer.model) to
+    /// Writes the dense model of <paramref name="folder"/> (config.json, safetensors weights, tokenizer.model) to
     /// <paramref name="path"/>, weight matrices as <paramref name="matrices"/>.
     /// </summary>
     /// <exception cref="CMoEFormatException">The folder is carved, not LLaMA-shaped, has no tokenizer.model, or a row length is not a multiple of 32 for Q8_0.</exception>
@@ -78,66 +82,33 @@ public static class GgufWriter
         var tokenizer = TokenizerLoader.FromFolder(folder);
 
         using var weights = WeightSet.Open(folder);
-        float[] Read(string name, long[] shape)
-        {
-            using var t = weights.Load(name, ScalarType.Float32, shape);
-            return t.contiguous().data<float>().ToArray();
-        }
-        long d = c.HiddenSize, qRows = (long)c.NumHeads * c.HeadDim, kvRows = (long)c.NumKeyValueHeads * c.HeadDim, f = c.IntermediateSize;
-        var tensors = new List<TensorEntry>();
-        void Matrix(string gguf, string hf, long rows, long cols, int permuteHeads = 0)
-        {
-            if (matrices == GgufTensorType.Q8_0 && cols % Q8BlockSize != 0)
-                throw new CMoEFormatException($"'{folder}': '{hf}' has rows of {cols} values, not a multiple of {Q8BlockSize}; Q8_0 cannot hold it. Write F32 or F16.");
-            tensors.Add(new(gguf, [rows, cols], matrices, () =>
-                permuteHeads > 0 ? PermuteQk(Read(hf, [rows, cols]), permuteHeads, (int)rows, (int)cols) : Read(hf, [rows, cols])));
-        }
-        void Vector(string gguf, string hf, long n, int permuteHeads = 0) =>
-            tensors.Add(new(gguf, [n], GgufTensorType.F32, () =>
-                permuteHeads > 0 ? PermuteQk(Read(hf, [n]), permuteHeads, (int)n, 1) : Read(hf, [n])));
+        var family = c.Family;
+        var tensors = new GgufTensors(weights, folder, matrices, c.NormWeightOffset);
+        tensors.Matrix("token_embd.weight", "model.embed_tokens.weight", c.VocabSize, c.HiddenSize);
+        for (int i = 0; i < c.NumLayers; i++) family.GgufLayer(tensors, c, i);
+        tensors.Norm("output_norm.weight", "model.norm.weight", c.HiddenSize);
+        if (!c.TieWordEmbeddings) tensors.Matrix("output.weight", "lm_head.weight", c.VocabSize, c.HiddenSize);   // tied: llama.cpp reuses token_embd
 
-        Matrix("token_embd.weight", "model.embed_tokens.weight", c.VocabSize, d);
-        for (int i = 0; i < c.NumLayers; i++)
-        {
-            string hf = $"model.layers.{i}.", b = $"blk.{i}.";
-            Vector(b + "attn_norm.weight", hf + "input_layernorm.weight", d);
-            Matrix(b + "attn_q.weight", hf + "self_attn.q_proj.weight", qRows, d, c.NumHeads);
-            Matrix(b + "attn_k.weight", hf + "self_attn.k_proj.weight", kvRows, d, c.NumKeyValueHeads);
-            Matrix(b + "attn_v.weight", hf + "self_attn.v_proj.weight", kvRows, d);
-            if (c.QkvBias)
-            {
-                Vector(b + "attn_q.bias", hf + "self_attn.q_proj.bias", qRows, c.NumHeads);
-                Vector(b + "attn_k.bias", hf + "self_attn.k_proj.bias", kvRows, c.NumKeyValueHeads);
-                Vector(b + "attn_v.bias", hf + "self_attn.v_proj.bias", kvRows);
-            }
-            Matrix(b + "attn_output.weight", hf + "self_attn.o_proj.weight", d, qRows);
-            if (c.OutputBias) Vector(b + "attn_output.bias", hf + "self_attn.o_proj.bias", d);
-            Vector(b + "ffn_norm.weight", hf + "post_attention_layernorm.weight", d);
-            Matrix(b + "ffn_gate.weight", hf + "mlp.gate_proj.weight", f, d);
-            Matrix(b + "ffn_up.weight", hf + "mlp.up_proj.weight", f, d);
-            Matrix(b + "ffn_down.weight", hf + "mlp.down_proj.weight", d, f);
-        }
-        Vector("output_norm.weight", "model.norm.weight", d);
-        if (!c.TieWordEmbeddings) Matrix("output.weight", "lm_head.weight", c.VocabSize, d);   // tied: llama.cpp reuses token_embd
-
-        var meta = new Metadata();
-        meta.String("general.architecture", "llama");
+        var meta = new GgufMetadata();
+        string arch = family.GgufArchitecture;
+        meta.String("general.architecture", arch);
         meta.String("general.name", Path.GetFileName(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar)));
         meta.UInt32("general.file_type", matrices switch { GgufTensorType.F32 => 0u, GgufTensorType.F16 => 1u, _ => 7u });
         if (matrices == GgufTensorType.Q8_0) meta.UInt32("general.quantization_version", 2);
         meta.UInt32("general.alignment", Alignment);
-        meta.UInt32("llama.context_length", (uint)c.MaxPositionEmbeddings);
-        meta.UInt32("llama.embedding_length", (uint)c.HiddenSize);
-        meta.UInt32("llama.block_count", (uint)c.NumLayers);
-        meta.UInt32("llama.feed_forward_length", (uint)c.IntermediateSize);
-        meta.UInt32("llama.attention.head_count", (uint)c.NumHeads);
-        meta.UInt32("llama.attention.head_count_kv", (uint)c.NumKeyValueHeads);
-        meta.UInt32("llama.attention.key_length", (uint)c.HeadDim);
-        meta.UInt32("llama.attention.value_length", (uint)c.HeadDim);
-        meta.Float32("llama.rope.freq_base", (float)c.RopeTheta);
-        meta.Float32("llama.attention.layer_norm_rms_epsilon", (float)c.RmsNormEps);
-        meta.UInt32("llama.rope.dimension_count", (uint)c.HeadDim);
-        meta.UInt32("llama.vocab_size", (uint)c.VocabSize);
+        meta.UInt32(arch + ".context_length", (uint)c.MaxPositionEmbeddings);
+        meta.UInt32(arch + ".embedding_length", (uint)c.HiddenSize);
+        meta.UInt32(arch + ".block_count", (uint)c.NumLayers);
+        meta.UInt32(arch + ".feed_forward_length", (uint)c.IntermediateSize);
+        meta.UInt32(arch + ".attention.head_count", (uint)c.NumHeads);
+        meta.UInt32(arch + ".attention.head_count_kv", (uint)c.NumKeyValueHeads);
+        meta.UInt32(arch + ".attention.key_length", (uint)c.HeadDim);
+        meta.UInt32(arch + ".attention.value_length", (uint)c.HeadDim);
+        meta.Float32(arch + ".rope.freq_base", (float)c.RopeTheta);
+        meta.Float32(arch + ".attention.layer_norm_rms_epsilon", (float)c.RmsNormEps);
+        meta.UInt32(arch + ".rope.dimension_count", (uint)c.HeadDim);
+        meta.UInt32(arch + ".vocab_size", (uint)c.VocabSize);
+        family.GgufMetadata(meta, c);
         if (pieces.Count != c.VocabSize)
             throw new CMoEFormatException($"'{spPath}' has {pieces.Count} pieces but config.json's vocab_size is {c.VocabSize}; the tokenizer does not belong to the model.");
         meta.String("tokenizer.ggml.model", "llama");
@@ -159,11 +130,11 @@ public static class GgufWriter
             {
                 w.Write(Magic);
                 w.Write(Version);
-                w.Write((ulong)tensors.Count);
+                w.Write((ulong)tensors.Entries.Count);
                 w.Write((ulong)meta.Count);
                 w.Write(meta.Bytes);
                 long offset = 0;
-                foreach (var t in tensors)
+                foreach (var t in tensors.Entries)
                 {
                     WriteString(w, t.Name);
                     w.Write((uint)t.Shape.Length);
@@ -173,7 +144,7 @@ public static class GgufWriter
                     offset = Align(offset + t.Bytes);
                 }
                 Pad(w);
-                foreach (var t in tensors)
+                foreach (var t in tensors.Entries)
                 {
                     w.Write(Encode(t.Data(), t.Type));
                     Pad(w);
@@ -247,41 +218,11 @@ public static class GgufWriter
         for (long p = pos; p < Align(pos); p++) w.Write((byte)0);
     }
 
-    private static void WriteString(BinaryWriter w, string s)
+    internal static void WriteString(BinaryWriter w, string s)
     {
         var bytes = Encoding.UTF8.GetBytes(s);
         w.Write((ulong)bytes.Length);
         w.Write(bytes);
-    }
-
-    /// <summary>Metadata entries, serialized as they are added.</summary>
-    private sealed class Metadata
-    {
-        private readonly MemoryStream _stream = new();
-        private readonly BinaryWriter _w;
-        public Metadata() => _w = new BinaryWriter(_stream, Encoding.UTF8);
-        public int Count { get; private set; }
-        public byte[] Bytes { get { _w.Flush(); return _stream.ToArray(); } }
-
-        private void Key(string key, ValueType type)
-        {
-            WriteString(_w, key);
-            _w.Write((uint)type);
-            Count++;
-        }
-        public void String(string key, string v) { Key(key, ValueType.String); WriteString(_w, v); }
-        public void UInt32(string key, uint v) { Key(key, ValueType.UInt32); _w.Write(v); }
-        public void Float32(string key, float v) { Key(key, ValueType.Float32); _w.Write(v); }
-        public void Bool(string key, bool v) { Key(key, ValueType.Bool); _w.Write((byte)(v ? 1 : 0)); }
-        private void ArrayHeader(string key, ValueType element, int count)
-        {
-            Key(key, ValueType.Array);
-            _w.Write((uint)element);
-            _w.Write((ulong)count);
-        }
-        public void StringArray(string key, IReadOnlyList<string> v) { ArrayHeader(key, ValueType.String, v.Count); foreach (var s in v) WriteString(_w, s); }
-        public void Float32Array(string key, IReadOnlyList<float> v) { ArrayHeader(key, ValueType.Float32, v.Count); foreach (var x in v) _w.Write(x); }
-        public void Int32Array(string key, IReadOnlyList<int> v) { ArrayHeader(key, ValueType.Int32, v.Count); foreach (var x in v) _w.Write(x); }
     }
 
     /// <summary>
@@ -350,4 +291,80 @@ public static class GgufWriter
         }
         if (pos > data.Length) throw new ArgumentException("field runs past the end");
     }
+}
+
+/// <summary>Metadata entries, serialized as they are added.</summary>
+internal sealed class GgufMetadata
+{
+    private readonly MemoryStream _stream = new();
+    private readonly BinaryWriter _w;
+    public GgufMetadata() => _w = new BinaryWriter(_stream, Encoding.UTF8);
+    public int Count { get; private set; }
+    public byte[] Bytes { get { _w.Flush(); return _stream.ToArray(); } }
+
+    private void Key(string key, GgufWriter.ValueType type)
+    {
+        GgufWriter.WriteString(_w, key);
+        _w.Write((uint)type);
+        Count++;
+    }
+    public void String(string key, string v) { Key(key, GgufWriter.ValueType.String); GgufWriter.WriteString(_w, v); }
+    public void UInt32(string key, uint v) { Key(key, GgufWriter.ValueType.UInt32); _w.Write(v); }
+    public void Float32(string key, float v) { Key(key, GgufWriter.ValueType.Float32); _w.Write(v); }
+    public void Bool(string key, bool v) { Key(key, GgufWriter.ValueType.Bool); _w.Write((byte)(v ? 1 : 0)); }
+    private void ArrayHeader(string key, GgufWriter.ValueType element, int count)
+    {
+        Key(key, GgufWriter.ValueType.Array);
+        _w.Write((uint)element);
+        _w.Write((ulong)count);
+    }
+    public void StringArray(string key, IReadOnlyList<string> v) { ArrayHeader(key, GgufWriter.ValueType.String, v.Count); foreach (var s in v) GgufWriter.WriteString(_w, s); }
+    public void Float32Array(string key, IReadOnlyList<float> v) { ArrayHeader(key, GgufWriter.ValueType.Float32, v.Count); foreach (var x in v) _w.Write(x); }
+    public void Int32Array(string key, IReadOnlyList<int> v) { ArrayHeader(key, GgufWriter.ValueType.Int32, v.Count); foreach (var x in v) _w.Write(x); }
+}
+
+/// <summary>
+/// The tensors of a GGUF file being written, read lazily from the Hugging Face folder's weights (a family's
+/// <see cref="Families.ModelFamily.GgufLayer"/> adds its layers' tensors through these helpers).
+/// </summary>
+internal sealed class GgufTensors(WeightSet weights, string folder, GgufTensorType matrices, double normOffset)
+{
+    /// <summary>The tensors in file order.</summary>
+    public List<GgufWriter.TensorEntry> Entries { get; } = [];
+
+    private float[] Read(string name, long[] shape)
+    {
+        using var t = weights.Load(name, ScalarType.Float32, shape);
+        return t.contiguous().data<float>().ToArray();
+    }
+
+    private void CheckRows(string hf, long cols)
+    {
+        if (matrices == GgufTensorType.Q8_0 && cols % GgufWriter.Q8BlockSize != 0)
+            throw new CMoEFormatException($"'{folder}': '{hf}' has rows of {cols} values, not a multiple of {GgufWriter.Q8BlockSize}; Q8_0 cannot hold it. Write F32 or F16.");
+    }
+
+    /// <summary>A weight matrix [rows, cols] in the asked type; q/k rows permuted for <paramref name="permuteHeads"/> heads when positive.</summary>
+    public void Matrix(string gguf, string hf, long rows, long cols, int permuteHeads = 0)
+    {
+        CheckRows(hf, cols);
+        Entries.Add(new(gguf, [rows, cols], matrices, () =>
+            permuteHeads > 0 ? GgufWriter.PermuteQk(Read(hf, [rows, cols]), permuteHeads, (int)rows, (int)cols) : Read(hf, [rows, cols])));
+    }
+
+    /// <summary>Several of our matrices stacked by rows into one tensor (Phi-3's attn_qkv, ffn_up = gate | up).</summary>
+    public void Fused(string gguf, IReadOnlyList<(string Hf, long Rows)> parts, long cols)
+    {
+        foreach (var (hf, _) in parts) CheckRows(hf, cols);
+        Entries.Add(new(gguf, [parts.Sum(p => p.Rows), cols], matrices, () => parts.SelectMany(p => Read(p.Hf, [p.Rows, cols])).ToArray()));
+    }
+
+    /// <summary>A vector (a bias) in F32; permuted like its q/k matrix when <paramref name="permuteHeads"/> is positive.</summary>
+    public void Vector(string gguf, string hf, long n, int permuteHeads = 0) =>
+        Entries.Add(new(gguf, [n], GgufTensorType.F32, () =>
+            permuteHeads > 0 ? GgufWriter.PermuteQk(Read(hf, [n]), permuteHeads, (int)n, 1) : Read(hf, [n])));
+
+    /// <summary>An RMSNorm weight in F32, with the model's norm offset added (Gemma's converter writes 1 + w).</summary>
+    public void Norm(string gguf, string hf, long n) =>
+        Entries.Add(new(gguf, [n], GgufTensorType.F32, () => Read(hf, [n]).Select(v => (float)(v + normOffset)).ToArray()));
 }

@@ -29,4 +29,23 @@ internal static class StateDictLayout
             specs.AddRange(layerBuffers.Select(s => new SafeTensorSpec($"model.layers.{l}.{s.Key}", s.DType, s.Shape)));
         return specs;
     }
+
+    /// <summary>
+    /// The specs of a dense model as its family's Hugging Face checkpoint stores them: <see cref="Specs"/> with the tensors a
+    /// family fuses (<see cref="Families.ModelFamily.FusedTensors"/>) replaced by the fused tensor, in the first part's place.
+    /// </summary>
+    public static List<SafeTensorSpec> CheckpointSpecs(LlamaConfig config)
+    {
+        var specs = Specs(config);
+        foreach (var f in config.Family.FusedTensors)
+            for (int l = 0; l < config.NumLayers; l++)
+            {
+                string prefix = $"model.layers.{l}.";
+                var parts = f.Parts.Select(p => specs.First(s => s.Name == prefix + p.Key)).ToList();
+                int at = specs.IndexOf(parts[0]);
+                specs.RemoveAll(parts.Contains);
+                specs.Insert(at, new SafeTensorSpec(prefix + f.Fused, parts[0].DType, [parts.Sum(p => p.Shape[0]), .. parts[0].Shape[1..]]));
+            }
+        return specs;
+    }
 }

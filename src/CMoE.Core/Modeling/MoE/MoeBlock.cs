@@ -28,9 +28,9 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         var p = precision ?? Precision.Fp32;
         Shape = shape;
         ActiveExperts = shape.ActiveExperts;
-        if (shape.SharedSize > 0) shared_expert = new SwiGluMlp(shape.Hidden, shape.SharedSize, p);
-        experts = new StackedExperts(shape.RoutedExperts, shape.ExpertSize, shape.Hidden, p);
-        router = new TrainingFreeRouter(shape.RoutedExperts, shape.Hidden, p.Compute);
+        if (shape.SharedSize > 0) shared_expert = new SwiGluMlp(shape.Hidden, shape.SharedSize, p, shape.Activation);
+        experts = new StackedExperts(shape.RoutedExperts, shape.ExpertSize, shape.Hidden, p, shape.Activation);
+        router = new TrainingFreeRouter(shape.RoutedExperts, shape.Hidden, p.Compute, shape.Activation);
         shared_neurons = zeros(shape.SharedSize, dtype: ScalarType.Int64);
         expert_neurons = zeros(shape.RoutedExperts, shape.ExpertSize, dtype: ScalarType.Int64);
         representatives = zeros(shape.RoutedExperts, dtype: ScalarType.Int64);
@@ -69,7 +69,7 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         long d = dense.Gate.Weight.shape[1];
         if (!dense.Gate.Weight.is_floating_point())
             throw new InvalidOperationException("Carving reads the dense FFN's weights: load the model with fp32 or bf16 weights (int8 is for inference), carve, then convert.");
-        var shape = new MoeShape((int)d, sharedNeurons.Length, expertNeurons.Length, expertNeurons[0].Length, active);
+        var shape = new MoeShape((int)d, sharedNeurons.Length, expertNeurons.Length, expertNeurons[0].Length, active, dense.Activation);
         var block = new MoeBlock(shape, Precision.Of(dense.Gate.Weight.dtype));
         block.CopyFrom(dense, sharedNeurons, expertNeurons, representativeNeurons);
         return block;
@@ -137,10 +137,10 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         return y;
     }
 
-    /// <summary>The managed decoder of this block, or null when it does not apply (load recording, training, adapters, other devices).</summary>
+    /// <summary>The managed decoder of this block, or null when it does not apply (a non-SiLU activation, load recording, training, adapters, other devices).</summary>
     internal ManagedMoeDecoder? Decodable()
     {
-        if (RecordLoad || !experts.RawWeightsUsable || (shared_expert is not null && shared_expert.FusedGateUp is null)) return null;
+        if (Shape.Activation != GatedActivation.Silu || RecordLoad || !experts.RawWeightsUsable || (shared_expert is not null && shared_expert.FusedGateUp is null)) return null;
         return _decoder.Get(ManagedMoeDecoder.Sources(this), () => ManagedMoeDecoder.TryCreate(this));
     }
 

@@ -10,7 +10,8 @@ namespace CMoE.Modeling.MoE;
 /// <param name="RoutedExperts">Number of routed experts, e - s.</param>
 /// <param name="ExpertSize">Neurons per routed expert, m.</param>
 /// <param name="ActiveExperts">Routed experts selected per token, a.</param>
-public sealed record MoeShape(int Hidden, int SharedSize, int RoutedExperts, int ExpertSize, int ActiveExperts)
+/// <param name="Activation">The gated FFN's activation (the dense block's: SiLU, or tanh-GELU for Gemma-2), used by experts and router alike.</param>
+public sealed record MoeShape(int Hidden, int SharedSize, int RoutedExperts, int ExpertSize, int ActiveExperts, GatedActivation Activation = GatedActivation.Silu)
 {
     /// <summary>FFN neurons of the dense block this one was carved from.</summary>
     public int IntermediateSize => SharedSize + RoutedExperts * ExpertSize;

@@ -35,9 +35,13 @@ public sealed class StackedExperts : nn.Module
     private (IntPtr Gate, IntPtr Up, IntPtr Down) _viewsOf;
     private readonly object _viewsGate = new();
 
+    /// <summary>The experts' gate activation.</summary>
+    public GatedActivation Activation { get; }
+
     /// <summary>Creates uninitialised stacks for <paramref name="experts"/> experts of <paramref name="size"/> neurons in <paramref name="precision"/> (fp32 when null).</summary>
-    public StackedExperts(int experts, int size, int hidden, Precision? precision = null) : base(nameof(StackedExperts))
+    public StackedExperts(int experts, int size, int hidden, Precision? precision = null, GatedActivation activation = GatedActivation.Silu) : base(nameof(StackedExperts))
     {
+        Activation = activation;
         var p = precision ?? Precision.Fp32;
         _size = size;
         var block = StoredWeight.Allocate([experts, 2 * size, hidden], p.Weights.For(hidden, "the routed experts' W_gate|W_up"));
@@ -88,7 +92,7 @@ public sealed class StackedExperts : nn.Module
     {
         using var scope = NewDisposeScope();
         if (Adapter is { } lora) return AdaptedExpert(lora, j, x).MoveToOuterDisposeScope();
-        var h = F.silu(StoredGate.Select(j).Linear(x)) * StoredUp.Select(j).Linear(x);   // [n, m]
+        var h = Activation.Apply(StoredGate.Select(j).Linear(x)) * StoredUp.Select(j).Linear(x);   // [n, m]
         return StoredDown.Select(j).Linear(h).MoveToOuterDisposeScope();                  // [n, d]
     }
 
@@ -119,11 +123,11 @@ public sealed class StackedExperts : nn.Module
         {
             using var gu = _gateUpViews[j].Linear(x);                              // [n, 2m]
             using var u = gu.narrow(1, _size, _size);
-            return gu.narrow(1, 0, _size).silu_().mul_(u);                         // a view of gu's first half
+            return Activation.ApplyInPlace(gu.narrow(1, 0, _size)).mul_(u);                         // a view of gu's first half
         }
         var h = _gateViews![j].Linear(x);                                          // [n, m]
         using var up = _upViews![j].Linear(x);                                     // [n, m]
-        return h.silu_().mul_(up);
+        return Activation.ApplyInPlace(h).mul_(up);
     }
 
     /// <summary>Builds (or refreshes, when a stack was replaced, e.g. moved to another device) the per-expert views the fast paths read.</summary>
@@ -191,7 +195,7 @@ public sealed class StackedExperts : nn.Module
     {
         var g = StoredGate.Select(j).Linear(x).add(lora.Delta(ExpertMatrix.Gate, j, x, training), Scalars.One);   // [n, m]
         var u = StoredUp.Select(j).Linear(x).add(lora.Delta(ExpertMatrix.Up, j, x, training), Scalars.One);       // [n, m]
-        var h = F.silu(g) * u;                                                                                   // [n, m]
+        var h = Activation.Apply(g) * u;                                                                                   // [n, m]
         return StoredDown.Select(j).Linear(h).add(lora.Delta(ExpertMatrix.Down, j, h, training), Scalars.One);    // [n, d]
     }
 }

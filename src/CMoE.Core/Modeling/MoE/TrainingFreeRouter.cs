@@ -21,9 +21,13 @@ public sealed class TrainingFreeRouter : nn.Module
     private readonly Tensor bias;
     private readonly FusedWeights _gateUp;   // gate and up are its row ranges: one [2E, d] product on the fast path
 
+    /// <summary>The family's gate activation the scores use.</summary>
+    public GatedActivation Activation { get; }
+
     /// <summary>Creates a router for <paramref name="experts"/> experts over width <paramref name="hidden"/>.</summary>
-    public TrainingFreeRouter(int experts, int hidden, ScalarType dtype = ScalarType.Float32) : base(nameof(TrainingFreeRouter))
+    public TrainingFreeRouter(int experts, int hidden, ScalarType dtype = ScalarType.Float32, GatedActivation activation = GatedActivation.Silu) : base(nameof(TrainingFreeRouter))
     {
+        Activation = activation;
         (_gateUp, var parts) = FusedWeights.Allocate(hidden, [experts, experts], Precision.Of(dtype).Weights);   // in the compute dtype
         gate = new Parameter(parts[0].Values, requires_grad: false);
         up = new Parameter(parts[1].Values, requires_grad: false);
@@ -61,7 +65,7 @@ public sealed class TrainingFreeRouter : nn.Module
     public Tensor Probabilities(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var scores = (F.linear(x, up) * F.silu(F.linear(x, gate))).abs();        // [n, E]
+        var scores = (F.linear(x, up) * Activation.Apply(F.linear(x, gate))).abs();        // [n, E]
         return scores.to(ScalarType.Float32).softmax(-1).MoveToOuterDisposeScope();
     }
 
