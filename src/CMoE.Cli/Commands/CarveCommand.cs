@@ -14,10 +14,15 @@ internal sealed class CarveCommand : ICommand
     public string Usage => $"""
         cmoe carve --model <hf-folder> --calibration <text> --layout S2A2E16 --out <folder>
                    [--samples 8] [--seq-len 512] [--k-act 10] [--score cosine|raw] [--iterations 1]
+                   [--routing topk|threshold] [--router-vectors representative|mean] [--neuron-weighting none|downnorm]
                    [--seed 0] [--streaming [--resume]] {CommonOptions.WeightsUsage} {CommonOptions.ThreadsUsage}
                    {CommonOptions.DeviceUsage} [--json]
           Calibration windows = `samples` random windows of seq-len tokens from BOS + encode(file), drawn with seed.
           Layout S{"{s}"}A{"{a}"}E{"{e}"}: e experts of d_h/e neurons, s shared (always on), a routed active per token.
+          --routing threshold: dynamic-K, every routed expert with p + b >= tau, tau per layer calibrated so the mean count on
+          the calibration tokens is a (per-token count varies; not with --streaming). --router-vectors mean: router rows =
+          mean of each expert's normalised gate/up rows instead of its representative neuron's. --neuron-weighting downnorm:
+          neuron scores times ||W_down[:, i]|| before the top-k-act markers. Defaults are the authors' procedure.
           The output folder (config.json with a cmoe section, model.safetensors, tokenizer files) is written
           under a temporary name and moved into place. --streaming carves from disk to disk with one decoder
           layer in memory at a time (CPU; byte-identical output), for models larger than memory. It keeps its
@@ -47,6 +52,9 @@ internal sealed class CarveCommand : ICommand
             KAct = line.Int("k-act", 10, min: 1),
             Score = line.Choice("score", ActivationScore.Cosine),
             Iterations = line.Int("iterations", 1, min: 1),
+            Routing = line.Choice("routing", RouterSelection.TopK),
+            RouterVectors = line.Choice("router-vectors", RouterVectors.Representative),
+            NeuronWeighting = line.Choice("neuron-weighting", NeuronWeighting.None),
         };
         bool json = line.Flag("json");
         bool streaming = line.Flag("streaming");
@@ -78,6 +86,9 @@ internal sealed class CarveCommand : ICommand
             ["k_act"] = options.KAct,
             ["score"] = options.Score.ToString().ToLowerInvariant(),
             ["iterations"] = options.Iterations,
+            ["routing"] = options.Routing.ToString().ToLowerInvariant(),
+            ["router_vectors"] = options.RouterVectors.ToString().ToLowerInvariant(),
+            ["neuron_weighting"] = options.NeuronWeighting.ToString().ToLowerInvariant(),
         };
         if (weights.Kind != Modeling.Weights.WeightKind.Fp32) provenance["weights"] = weights.ToString();
         CarveReport report;

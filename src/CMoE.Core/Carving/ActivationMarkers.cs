@@ -79,8 +79,9 @@ public static class ActivationMarkers
     /// <param name="kAct">K_a, markers per token (paper: 10).</param>
     /// <param name="kind">Cosine (default) or raw scores.</param>
     /// <returns>Markers, [q, d_h], float32 0/1.</returns>
+    /// <param name="neuronWeights">Optional per-neuron weights [d_h] multiplied into the scores before the top-K_a (e.g. ||W_down[:, i]||).</param>
     public static Tensor Markers(Tensor x, Tensor wGate, Tensor wUp, int kAct = DefaultMarkersPerToken,
-        ActivationScore kind = ActivationScore.Cosine)
+        ActivationScore kind = ActivationScore.Cosine, Tensor? neuronWeights = null)
     {
         CheckInputs(x, wGate, wUp);
         CheckK(kAct, wGate.shape[0]);
@@ -93,6 +94,7 @@ public static class ActivationMarkers
             using var chunkScope = NewDisposeScope();
             long rows = Math.Min(ChunkRows, q - start);
             var chunk = ChunkScores(x.narrow(0, start, rows), g, u, kind);   // [rows, d_h]
+            if (neuronWeights is not null) chunk = chunk.mul_(neuronWeights.to(ScalarType.Float32).to(chunk.device));
             MarkChunk(markers.narrow(0, start, rows), chunk, kAct);
         }
         return markers.MoveToOuterDisposeScope();
