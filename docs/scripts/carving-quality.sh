@@ -1,29 +1,42 @@
 #!/usr/bin/env bash
-# Reproduces the "Carving quality" table of docs/benchmarks.md: carves tinyref-llama at three layouts
-# with the default (cosine, 1 iteration), raw scores and 5 k-means iterations, then evaluates every
-# carved model on sotu_val and moby_dick with `cmoe eval`.
-# Usage: bash docs/scripts/carving-quality.sh [shared-dir] [work-dir]   (needs ../shared beside the repo)
+# Reproduces the "Carving quality" table of docs/benchmarks.md: carves tinyref-llama at three layouts with each
+# variant (default = the authors' procedure; then every option of issue #16 alone and the chosen combination), then
+# evaluates every carved model on sotu_val and moby_dick with `cmoe eval` (256 windows of 512 tokens, --threads 1).
+# Usage: bash docs/scripts/carving-quality.sh [shared-dir] [work-dir] [variant ...]
+#   variants: cosine raw iter5 threshold mean downnorm chosen (default: all); SEED=n for another calibration seed.
+# Prints variant,layout,seed,carve_seconds,sotu_val,moby_dick,val_mean_active,val_max_active,moby_mean_active,moby_max_active
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 shared=${1:-$root/../shared}
 work=${2:-$(mktemp -d)}
+shift $(( $# >= 2 ? 2 : $# ))
+variants=("$@")
+[ ${#variants[@]} -gt 0 ] || variants=(cosine raw iter5 threshold mean downnorm chosen)
+seed=${SEED:-0}
+mkdir -p "$work"
+[ -f "$work/bin/cmoe.dll" ] || dotnet build -c Release "$root/src/CMoE.Cli" -o "$work/bin" >/dev/null
 cmoe="dotnet $work/bin/cmoe.dll"
-dotnet build -c Release "$root/src/CMoE.Cli" -o "$work/bin" >/dev/null
 model=$root/models/tinyref-llama
-echo "variant,layout,carve_seconds,sotu_val,moby_dick"
-for variant in cosine raw iter5; do
+field() { echo "$1" | grep "\"$2\"" | grep -oE '[0-9.]+' | head -1; }
+echo "variant,layout,seed,carve_seconds,sotu_val,moby_dick,val_mean_active,val_max_active,moby_mean_active,moby_max_active"
+for variant in "${variants[@]}"; do
   case $variant in
     cosine) extra=() ;;
     raw) extra=(--score raw) ;;
     iter5) extra=(--iterations 5) ;;
+    threshold) extra=(--routing threshold) ;;
+    mean) extra=(--router-vectors mean) ;;
+    downnorm) extra=(--neuron-weighting downnorm) ;;
+    chosen) extra=(--router-vectors mean --routing threshold --neuron-weighting downnorm) ;;
+    *) echo "unknown variant $variant" >&2; exit 2 ;;
   esac
   for layout in S2A2E16 S3A3E8 S4A4E16; do
-    out=$work/$variant-$layout
+    out=$work/$variant-$layout-$seed
     carve=$($cmoe carve --model "$model" --calibration "$shared/data/eval/sotu_train.txt" --layout $layout \
-      --samples 8 --seq-len 512 --seed 0 "${extra[@]}" --out "$out" --json)
-    secs=$(echo "$carve" | grep -m1 '"seconds"' | grep -oE '[0-9.]+')
-    val=$($cmoe eval --model "$out" --text "$shared/data/eval/sotu_val.txt" --json | grep '"perplexity"' | grep -oE '[0-9.]+')
-    moby=$($cmoe eval --model "$out" --text "$shared/data/corpora/moby_dick.txt" --json | grep '"perplexity"' | grep -oE '[0-9.]+')
-    echo "$variant,$layout,$secs,$val,$moby"
+      --samples 8 --seq-len 512 --seed "$seed" --threads 1 "${extra[@]}" --out "$out" --json)
+    val=$($cmoe eval --model "$out" --text "$shared/data/eval/sotu_val.txt" --threads 1 --json)
+    moby=$($cmoe eval --model "$out" --text "$shared/data/corpora/moby_dick.txt" --threads 1 --json)
+    echo "$variant,$layout,$seed,$(field "$carve" seconds),$(field "$val" perplexity),$(field "$moby" perplexity),$(field "$val" mean_active_fraction),$(field "$val" max_active_fraction),$(field "$moby" mean_active_fraction),$(field "$moby" max_active_fraction)"
+    rm -rf "$out"
   done
 done

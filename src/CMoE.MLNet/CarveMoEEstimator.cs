@@ -43,6 +43,15 @@ public sealed class CarveMoEEstimator : LanguageModelEstimatorBase<LanguageModel
         /// <summary>Calibration windows per forward pass. Default 8.</summary>
         public int ForwardBatch { get; set; } = 8;
 
+        /// <summary>Router selection, the authors' top-a (default) or a calibrated threshold (dynamic-K, a variable count per token with mean a on the calibration tokens).</summary>
+        public RouterSelection Routing { get; set; } = RouterSelection.TopK;
+
+        /// <summary>Router vectors, the representative neuron's rows (authors, default) or the mean of the expert's rows.</summary>
+        public RouterVectors RouterVectors { get; set; } = RouterVectors.Representative;
+
+        /// <summary>Neuron score weighting before the markers, none (authors, default) or by ||W_down[:, i]||.</summary>
+        public NeuronWeighting NeuronWeighting { get; set; } = NeuronWeighting.None;
+
         /// <summary>Router bias balancing rounds after carving (0 = none). Default 0.</summary>
         public int RouterBalanceIterations { get; set; }
 

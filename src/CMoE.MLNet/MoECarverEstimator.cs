@@ -48,6 +48,15 @@ public sealed class MoECarverEstimator : LanguageModelEstimatorBase<MoECarverTra
 
         /// <summary>Sequential mode only: calibration windows per forward pass. Default 8.</summary>
         public int ForwardBatch { get; set; } = 8;
+
+        /// <summary>Sequential mode only: router selection, the authors' top-a (default) or a calibrated threshold (dynamic-K, a variable count per token with mean a on the calibration tokens).</summary>
+        public RouterSelection Routing { get; set; } = RouterSelection.TopK;
+
+        /// <summary>Sequential mode only: router vectors, the representative neuron's rows (authors, default) or the mean of the expert's rows.</summary>
+        public RouterVectors RouterVectors { get; set; } = RouterVectors.Representative;
+
+        /// <summary>Sequential mode only: neuron score weighting before the markers, none (authors, default) or by ||W_down[:, i]||.</summary>
+        public NeuronWeighting NeuronWeighting { get; set; } = NeuronWeighting.None;
     }
 
     internal MoECarverEstimator(IHostEnvironment env, Options options, ActivationProfilerTransformer? profile = null)
@@ -70,6 +79,8 @@ public sealed class MoECarverEstimator : LanguageModelEstimatorBase<MoECarverTra
         CarveReport report;
         if (profiled is not null)
         {
+            if (_options.Routing != RouterSelection.TopK || _options.RouterVectors != RouterVectors.Representative || _options.NeuronWeighting != NeuronWeighting.None)
+                throw new InvalidOperationException($"{Name}: Routing, RouterVectors and NeuronWeighting apply to sequential carving (Options.ModelFolder, no upstream profile); carving from a one-pass profile uses the authors' procedure.");
             profiled.Handle.RequireFp32(Name);
             handle = profiled.Handle.Clone();
             try
@@ -121,16 +132,25 @@ public sealed class MoECarverEstimator : LanguageModelEstimatorBase<MoECarverTra
     internal static CarveReport CarveSequential(LanguageModelHandle handle, IDataView input, CalibrationOptions options, MoeLayout layout, string stage,
         int iterations = 1, int kAct = ActivationMarkers.DefaultMarkersPerToken, ActivationScore score = ActivationScore.Cosine, int forwardBatch = 8)
     {
-        if (options is Options own) (iterations, kAct, score, forwardBatch) = (own.Iterations, own.KAct, own.Score, own.ForwardBatch);
+        var (routing, vectors, weighting) = (RouterSelection.TopK, RouterVectors.Representative, NeuronWeighting.None);
+        if (options is Options own)
+            (iterations, kAct, score, forwardBatch, routing, vectors, weighting) = (own.Iterations, own.KAct, own.Score, own.ForwardBatch, own.Routing, own.RouterVectors, own.NeuronWeighting);
+        else if (options is CarveMoEEstimator.Options whole)
+            (routing, vectors, weighting) = (whole.Routing, whole.RouterVectors, whole.NeuronWeighting);
         if (handle.IsCarved) throw new ArgumentException($"{stage}: the model is already carved; carve a dense model.");
         var windows = CalibrationData.Windows(input, handle.Tokenizer, options, stage);
         using var ids = tensor(windows);                                                    // [samples, length]
-        var carve = new CarveOptions { Layout = layout, KAct = kAct, Score = score, Iterations = iterations, Batch = forwardBatch };
+        var carve = new CarveOptions
+        {
+            Layout = layout, KAct = kAct, Score = score, Iterations = iterations, Batch = forwardBatch,
+            Routing = routing, RouterVectors = vectors, NeuronWeighting = weighting,
+        };
         var report = MoeCarver.Carve(handle.Model, ids, carve, Progress(options, "carve"), options.Cancellation);
         handle.Provenance = new JsonObject
         {
             ["method"] = "sequential", ["layout"] = layout.ToString(), ["k_act"] = kAct, ["score"] = score.ToString(),
-            ["iterations"] = iterations, ["calibration_samples"] = options.CalibrationSamples,
+            ["iterations"] = iterations, ["routing"] = routing.ToString(), ["router_vectors"] = vectors.ToString(),
+            ["neuron_weighting"] = weighting.ToString(), ["calibration_samples"] = options.CalibrationSamples,
             ["calibration_length"] = options.CalibrationLength, ["seed"] = options.Seed, ["seconds"] = Math.Round(report.Seconds, 3),
         };
         handle.MarkChanged(layout.ToString());

@@ -84,8 +84,9 @@ internal static class InferenceBench
         using var gen = new TorchSharp.torch.Generator((ulong)seed);
         var prompt = randint(0, carved.Config.VocabSize, [batch, promptTokens], dtype: ScalarType.Int64, generator: gen).to(carved.Device);
         var x = CaptureFfnInput(carved, prompt, layer).reshape(-1, carved.Config.HiddenSize);   // [n, d]
-        var (selected, _, _) = block.Router.Route(x, block.ActiveExperts);                     // [n, a]
-        var counts = selected.flatten().bincount(null, minlength: block.Shape.RoutedExperts).to(ScalarType.Float64);
+        var (selected, _, _) = block.Router.Route(x, block.ActiveExperts, block.RouterThreshold);   // [n, a] (-1: unused slot of dynamic-K)
+        var used = selected.flatten();
+        var counts = used.masked_select(used.ge(Scalars.Of(0L))).bincount(null, minlength: block.Shape.RoutedExperts).to(ScalarType.Float64);
         return counts.max().item<double>() / counts.mean().item<double>();
     }
 

@@ -178,7 +178,9 @@ internal sealed class BenchCommand : ICommand
                 ["dense_weight_bytes_per_token"] = denseBytes,
                 ["carved_weight_bytes_per_token"] = carvedBytes,
                 ["byte_count_ideal_decode_speedup"] = Math.Round((double)denseBytes / carvedBytes, 3),
-                ["router"] = "top-a (a fixed number of routed experts per token)",
+                ["router"] = carved.Model.Layers.Any(l => l.Mlp is MoeBlock { RouterThreshold: not null })
+                    ? "threshold (dynamic-K: the number of routed experts varies per token, 0 to all; active_experts is the mean calibrated on the carving tokens)"
+                    : "top-a (a fixed number of routed experts per token)",
             },
             ["settings"] = new JsonObject
             {

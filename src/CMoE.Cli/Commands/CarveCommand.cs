@@ -19,6 +19,9 @@ internal sealed class CarveCommand : ICommand
     private readonly Option<int> _kAct = CliOptions.Int("--k-act", 10, "K_a: neurons marked active per token", min: 1);
     private readonly Option<ActivationScore> _score = CliOptions.Choice("--score", ActivationScore.Cosine, "how experts are grouped around their centres");
     private readonly Option<int> _iterations = CliOptions.Int("--iterations", 1, "balanced k-means iterations", min: 1);
+    private readonly Option<RouterSelection> _routing = CliOptions.Choice("--routing", RouterSelection.TopK, "topk: a fixed a experts per token; threshold: dynamic-K, a on average");
+    private readonly Option<RouterVectors> _routerVectors = CliOptions.Choice("--router-vectors", RouterVectors.Representative, "router rows from each expert's representative neuron or the mean of its neurons");
+    private readonly Option<NeuronWeighting> _neuronWeighting = CliOptions.Choice("--neuron-weighting", NeuronWeighting.None, "neuron scores alone, or times ||W_down[:, i]||");
     private readonly Option<int> _seed = CliOptions.Int("--seed", 0, "seed of the calibration windows");
     private readonly Option<bool> _streaming = CliOptions.Flag("--streaming", "carve disk to disk, one decoder layer in memory at a time");
     private readonly Option<bool> _resume = CliOptions.Flag("--resume", "continue an interrupted --streaming carve");
@@ -30,6 +33,11 @@ internal sealed class CarveCommand : ICommand
     public string Details => """
         Calibration windows = `samples` random windows of seq-len tokens from BOS + encode(file), drawn with seed.
         Layout S{s}A{a}E{e}: e experts of d_h/e neurons, s shared (always on), a routed active per token.
+        --routing threshold: dynamic-K, every routed expert with p + b >= tau, tau per layer calibrated so the mean
+        count on the calibration tokens is a (the per-token count varies; not with --streaming). --router-vectors
+        mean: router rows = mean of each expert's normalised gate/up rows instead of its representative neuron's.
+        --neuron-weighting downnorm: neuron scores times ||W_down[:, i]|| before the top-k-act markers.
+        The defaults are the authors' procedure.
         The output folder (config.json with a cmoe section, model.safetensors, tokenizer files) is written
         under a temporary name and moved into place. --streaming carves from disk to disk with one decoder
         layer in memory at a time (CPU; byte-identical output), for models larger than memory. It keeps its
@@ -44,7 +52,7 @@ internal sealed class CarveCommand : ICommand
 
     public IEnumerable<Option> Options =>
     [
-        _model, _calibration, _layout, _out, _samples, _seqLen, _kAct, _score, _iterations, _seed, _streaming, _resume,
+        _model, _calibration, _layout, _out, _samples, _seqLen, _kAct, _score, _iterations, _routing, _routerVectors, _neuronWeighting, _seed, _streaming, _resume,
         CommonOptions.WeightsOption, .. CommonOptions.Runtime, CommonOptions.JsonOption,
     ];
 
@@ -63,6 +71,9 @@ internal sealed class CarveCommand : ICommand
             KAct = line.GetValue(_kAct),
             Score = line.GetValue(_score),
             Iterations = line.GetValue(_iterations),
+            Routing = line.GetValue(_routing),
+            RouterVectors = line.GetValue(_routerVectors),
+            NeuronWeighting = line.GetValue(_neuronWeighting),
         };
         bool json = line.GetValue(CommonOptions.JsonOption);
         bool streaming = line.GetValue(_streaming);
@@ -93,6 +104,9 @@ internal sealed class CarveCommand : ICommand
             ["k_act"] = options.KAct,
             ["score"] = options.Score.ToString().ToLowerInvariant(),
             ["iterations"] = options.Iterations,
+            ["routing"] = options.Routing.ToString().ToLowerInvariant(),
+            ["router_vectors"] = options.RouterVectors.ToString().ToLowerInvariant(),
+            ["neuron_weighting"] = options.NeuronWeighting.ToString().ToLowerInvariant(),
         };
         if (weights.Kind != Modeling.Weights.WeightKind.Fp32) provenance["weights"] = weights.ToString();
         CarveReport report;

@@ -46,8 +46,10 @@ internal sealed class EvalCommand : ICommand
         using var model = ModelFolder.Load(modelDir, weights, device);
         var stream = tokenizer.Encode(text, addBos: true);
         PerplexityResult result;
+        ActiveFraction.Reset(model);
         using (var bar = Terminal.Progress("eval"))
             result = PerplexityEvaluator.Evaluate(model, stream, seqLen, maxWindows, batch, bar, cancel);
+        var (meanActive, maxActive) = ActiveFraction.Measured(model);
 
         if (json)
         {
@@ -63,11 +65,13 @@ internal sealed class EvalCommand : ICommand
                 ["weights"] = model.Precision.Weights.ToString(),
                 ["text"] = Path.GetFullPath(textPath),
                 ["seq_len"] = seqLen,
+                ["mean_active_fraction"] = Math.Round(meanActive, 6),
+                ["max_active_fraction"] = Math.Round(maxActive, 6),
             });
         }
         else
         {
-            Console.WriteLine($"perplexity {result.Perplexity:F2} over {result.Tokens} tokens ({result.Windows} windows of {seqLen}) in {result.Seconds:F1} s, {threads} threads, {device}, {model.Precision.Weights} weights");
+            Console.WriteLine($"perplexity {result.Perplexity:F2} over {result.Tokens} tokens ({result.Windows} windows of {seqLen}) in {result.Seconds:F1} s, {threads} threads, {device}, {model.Precision.Weights} weights; active FFN fraction mean {meanActive:F4}, max {maxActive:F4}");
         }
         return 0;
     }

@@ -82,8 +82,9 @@ public static class ActivationMarkers
     /// <param name="kind">Cosine (default) or raw scores.</param>
     /// <returns>Markers, [q, d_h], float32 0/1.</returns>
     /// <param name="activation">The gate activation of the model's family (SiLU; tanh-GELU for Gemma-2).</param>
+    /// <param name="neuronWeights">Optional per-neuron weights [d_h] multiplied into the scores before the top-K_a (e.g. ||W_down[:, i]||).</param>
     public static Tensor Markers(Tensor x, Tensor wGate, Tensor wUp, int kAct = DefaultMarkersPerToken,
-        ActivationScore kind = ActivationScore.Cosine, GatedActivation activation = GatedActivation.Silu)
+        ActivationScore kind = ActivationScore.Cosine, GatedActivation activation = GatedActivation.Silu, Tensor? neuronWeights = null)
     {
         CheckInputs(x, wGate, wUp);
         CheckK(kAct, wGate.shape[0]);
@@ -96,6 +97,7 @@ public static class ActivationMarkers
             using var chunkScope = NewDisposeScope();
             long rows = Math.Min(ChunkRows, q - start);
             var chunk = ChunkScores(x.narrow(0, start, rows), g, u, kind, activation);   // [rows, d_h]
+            if (neuronWeights is not null) chunk = chunk.mul_(neuronWeights.to(ScalarType.Float32).to(chunk.device));
             MarkChunk(markers.narrow(0, start, rows), chunk, kAct);
         }
         return markers.MoveToOuterDisposeScope();

@@ -15,6 +15,15 @@ public sealed record CarveOptions
     /// <summary>Balanced k-means rounds (1 = the authors' code: one assignment round).</summary>
     public int Iterations { get; init; } = 1;
 
+    /// <summary>Router selection: the authors' top-a (default) or a calibrated threshold (dynamic-K).</summary>
+    public RouterSelection Routing { get; init; } = RouterSelection.TopK;
+
+    /// <summary>Router vectors: the representative neuron's rows (authors, default) or the expert's mean rows.</summary>
+    public RouterVectors RouterVectors { get; init; } = RouterVectors.Representative;
+
+    /// <summary>Neuron score weighting before the markers: none (authors, default) or by ||W_down[:, i]||.</summary>
+    public NeuronWeighting NeuronWeighting { get; init; } = NeuronWeighting.None;
+
     /// <summary>Calibration windows per forward pass while carving (bounds memory).</summary>
     public int Batch { get; init; } = 8;
 

@@ -106,13 +106,22 @@ public static class MoeCarver
         var ffnInputs = mids.Select(layer.FfnInput).ToList();                                    // RMSNorm(h)
         Tensor markers;
         using (var flatInputs = cat(ffnInputs.Select(f => f.reshape(-1, d)).ToList(), 0))        // [q, d]
-            markers = ActivationMarkers.Markers(flatInputs, dense.Gate.Weight, dense.Up.Weight, options.KAct, options.Score, dense.Activation); // [q, dh]
+        {
+            using var weights = options.NeuronWeighting == NeuronWeighting.DownNorm ? dense.Down.Weight.to(ScalarType.Float32).norm(0, false) : null;   // [dh]
+            markers = ActivationMarkers.Markers(flatInputs, dense.Gate.Weight, dense.Up.Weight, options.KAct, options.Score, dense.Activation, weights); // [q, dh]
+        }
         double profileSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
 
         var t1 = Stopwatch.GetTimestamp();
         MoeBlock moe;
         ExpertPartition partition;
-        using (markers) (moe, partition) = CarveLayer(layer, dense, markers, options.Layout, options.Iterations);
+        using (markers) (moe, partition) = CarveLayer(layer, dense, markers, options.Layout, options.Iterations, options.RouterVectors);
+        if (options.Routing == RouterSelection.Threshold)
+        {
+            using var scope = NewDisposeScope();
+            var p = cat(ffnInputs.Select(f => moe.Router.Probabilities(f.reshape(-1, d))).ToList(), 0);   // [q, E], bias 0
+            moe.RouterThreshold = ThresholdRouting.Calibrate(p, options.Layout.Active);
+        }
         double partitionSeconds = Stopwatch.GetElapsedTime(t1).TotalSeconds;
 
         var next = mids.Zip(ffnInputs, (h, f) => { using var y = moe.forward(f); return layer.AddFfnOutput(h, y); }).ToList();   // y = h + MoE(RMSNorm(h))
@@ -128,10 +137,12 @@ public static class MoeCarver
         layer.Mlp as SwiGluMlp ?? throw new InvalidOperationException($"Layer {l} is already carved; carve a dense model.");
 
     /// <summary>Partitions one layer's neurons from its markers (method sections 2-3) and swaps in the carved block (section 4).</summary>
-    private static (MoeBlock Block, ExpertPartition Partition) CarveLayer(DecoderLayer layer, SwiGluMlp dense, Tensor markers, MoeLayout layout, int iterations)
+    private static (MoeBlock Block, ExpertPartition Partition) CarveLayer(DecoderLayer layer, SwiGluMlp dense, Tensor markers, MoeLayout layout, int iterations,
+        RouterVectors vectors = RouterVectors.Representative)
     {
         var partition = ExpertPartitioner.Partition(markers, layout, iterations);
         var block = MoeBlock.FromDense(dense, partition.Shared, partition.Routed, partition.Representatives, layout.Active);
+        if (vectors == RouterVectors.Mean) block.Router.InitialiseMean(dense.Gate.Weight, dense.Up.Weight, partition.Routed);
         layer.ReplaceMlp(block);
         return (block, partition);
     }

@@ -63,6 +63,8 @@ public static class StreamingCarver
     {
         var config = LlamaConfig.Load(sourceFolder);
         options.Validate(config.IntermediateSize);
+        if (options.Routing != RouterSelection.TopK)
+            throw new ArgumentException("Streaming carving writes the authors' top-a router; carve in memory for threshold routing (dynamic-K).");
         if (ModelFolder.IsCarved(sourceFolder))
             throw new ArgumentException($"'{sourceFolder}' is already carved; carve the dense model it came from.");
         if (calibration.dim() != 2 || calibration.shape[1] < 2)

@@ -23,7 +23,7 @@ internal static class DecodeStep
             return null;
         if (model.training || model.DType != ScalarType.Float32 || model.Model.Embeddings.DecodeView() is not { } table || !model.Model.Norm.Decodable) return null;
         var layers = model.Model.Layers;
-        var plan = new (LlamaAttention.DecodeViews Attention, SwiGluMlp.DecodeViews? Dense, ManagedMoeDecoder? Carved, int Active)[layers.Count];
+        var plan = new (LlamaAttention.DecodeViews Attention, SwiGluMlp.DecodeViews? Dense, ManagedMoeDecoder? Carved, MoeBlock? Block)[layers.Count];
         for (int i = 0; i < layers.Count; i++)
         {
             var layer = layers[i];
@@ -31,8 +31,8 @@ internal static class DecodeStep
             if (layer.PostAttentionNorm is not null || layer.PostFfnNorm is not null) return null;   // sandwich norms: the module path
             switch (layer.Mlp)
             {
-                case SwiGluMlp dense when dense.Decodable() is { } views: plan[i] = (attention, views, null, 0); break;
-                case MoeBlock moe when moe.Decodable() is { } decoder: plan[i] = (attention, null, decoder, Math.Min(moe.ActiveExperts, moe.Shape.RoutedExperts)); break;
+                case SwiGluMlp dense when dense.Decodable() is { } views: plan[i] = (attention, views, null, null); break;
+                case MoeBlock moe when moe.Decodable() is { } decoder: plan[i] = (attention, null, decoder, moe); break;
                 default: return null;
             }
         }
@@ -51,13 +51,17 @@ internal static class DecodeStep
             model.Model.Embeddings.Lookup(table, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, long>(ids.bytes), x);
             for (int i = 0; i < layers.Count; i++)
             {
-                var (attention, dense, carved, active) = plan[i];
+                var (attention, dense, carved, moe) = plan[i];
                 layers[i].InputNorm.Decode(x, normed);
                 layers[i].Attention.Decode(attention, normed, block, cos, sin, cache, i);
                 System.Numerics.Tensors.TensorPrimitives.Add(x, block, x);                // h = x + Attn(RMSNorm(x))
                 layers[i].FfnNorm.Decode(x, normed);
                 if (dense is not null) SwiGluMlp.Decode(dense, normed, block);
-                else carved!.Forward(normed, block, active);
+                else
+                {
+                    var (routed, most) = carved!.Forward(normed, block, moe!.MaxRoutedPerToken, moe.RouterThreshold ?? float.NegativeInfinity);
+                    moe.CountActive(b, routed, most);
+                }
                 System.Numerics.Tensors.TensorPrimitives.Add(x, block, x);                // y = h + FFN(RMSNorm(h))
             }
             model.Model.Norm.Decode(x, DecodeKernels.Floats(hidden));

@@ -61,7 +61,7 @@ public static class CarvedFolder
         var shape = blocks[0]!.Shape;
         AtomicFolder.Write(outputFolder, tmp =>
         {
-            WriteConfigAndTokenizer(tmp, sourceFolder, shape, layout, carving, weights);
+            WriteConfigAndTokenizer(tmp, sourceFolder, shape, layout, carving, weights, blocks.Select(b => b!.RouterThreshold).ToArray());
             var tensors = model.state_dict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)).ToList();
             SafeTensorsWriter.Write(Path.Combine(tmp, "model.safetensors"), tensors, WeightsMetadataFor(weights));
             extraFiles?.Invoke(tmp);
@@ -77,7 +77,7 @@ public static class CarvedFolder
 
     /// <summary>Writes config.json (the source's keys plus the <c>cmoe</c> section) and copies the tokenizer files into <paramref name="folder"/>.</summary>
     internal static void WriteConfigAndTokenizer(string folder, string sourceFolder, MoeShape shape, string layout, JsonObject? carving,
-        WeightFormat? weights = null)
+        WeightFormat? weights = null, float?[]? thresholds = null)
     {
         weights ??= WeightFormat.Fp32;
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(sourceFolder, "config.json")))!.AsObject();
@@ -95,6 +95,11 @@ public static class CarvedFolder
             ["carving"] = carving?.DeepClone(),
         };
         if (weights.Kind != WeightKind.Fp32) config["cmoe"]!["weights"] = weights.ToString();
+        if (thresholds is not null && thresholds.Any(t => t is not null))
+        {
+            if (thresholds.Any(t => t is null)) throw new InvalidOperationException("Either every carved layer routes by threshold (dynamic-K) or none does.");
+            config["cmoe"]!["router_thresholds"] = new JsonArray(thresholds.Select(t => (JsonNode)JsonValue.Create(t!.Value)).ToArray());
+        }
         string dtype = weights.Kind == WeightKind.Bf16 ? "bfloat16" : "float32";
         config["torch_dtype"] = dtype;
         if (config.ContainsKey("dtype")) config["dtype"] = dtype;
@@ -157,7 +162,14 @@ public static class CarvedFolder
         if (shape.Hidden != model.Config.HiddenSize || shape.IntermediateSize != model.Config.IntermediateSize
             || shape.RoutedExperts < 1 || shape.ExpertSize < 1 || shape.ActiveExperts < 1 || shape.ActiveExperts > shape.RoutedExperts)
             throw new CMoEFormatException($"config.json's cmoe section ({shape}) does not fit the model (hidden {model.Config.HiddenSize}, FFN {model.Config.IntermediateSize}). Re-carve the model.");
-        foreach (var layer in model.Model.Layers)
-            layer.ReplaceMlp(new MoeBlock(shape, model.Precision));
+        float[]? thresholds = null;
+        if (cmoe["router_thresholds"] is JsonArray recorded)
+        {
+            thresholds = recorded.Select(t => t!.GetValue<float>()).ToArray();
+            if (thresholds.Length != model.Model.Layers.Count)
+                throw new CMoEFormatException($"config.json's cmoe section has {thresholds.Length} router_thresholds for {model.Model.Layers.Count} layers. Re-carve the model.");
+        }
+        for (int i = 0; i < model.Model.Layers.Count; i++)
+            model.Model.Layers[i].ReplaceMlp(new MoeBlock(shape, model.Precision) { RouterThreshold = thresholds?[i] });
     }
 }

@@ -66,11 +66,15 @@ internal sealed unsafe class ManagedMoeDecoder
 
     /// <summary>
     /// y = E_shared(x) + sum over the top-<paramref name="active"/> experts of g_j E_j(x) for each of the rows of
-    /// <paramref name="x"/> [n * d] into <paramref name="y"/> [n * d].
+    /// <paramref name="x"/> [n * d] into <paramref name="y"/> [n * d]. With a finite <paramref name="threshold"/> (dynamic-K) a
+    /// token uses the experts with p + b &gt;= threshold, at most <paramref name="active"/>, so the count varies per token.
+    /// Returns the routed experts used over all rows and the most one row used.
     /// </summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
-    public void Forward(ReadOnlySpan<float> x, Span<float> y, int active)
+    public (long Routed, int MaxPerToken) Forward(ReadOnlySpan<float> x, Span<float> y, int active, float threshold = float.NegativeInfinity)
     {
+        long routed = 0;
+        int most = 0;
         int d = _d, e = _e, m = _m, s = _s;
         int hidden = 2 * s + active * 2 * m;                                            // gate|up outputs of every block used
         int quantBytes = _expertGateUp.Kind == WeightKind.Int8 || _sharedGateUp?.Kind == WeightKind.Int8
@@ -92,7 +96,9 @@ internal sealed unsafe class ManagedMoeDecoder
                 {
                     var xt = x.Slice(t * d, d);
                     MatVec.Run(_router, xt, r);                                                 // G x | U x
-                    TrainingFreeRouter.SelectOnHost(r[..e], r[e..], bias, scale, selected, gates);
+                    int used = TrainingFreeRouter.SelectOnHost(r[..e], r[e..], bias, scale, selected, gates, threshold);
+                    routed += used;
+                    most = Math.Max(most, used);
                     int count = 0;
                     float* next = hp;
                     if (_sharedGateUp is { } sgu)
@@ -100,12 +106,15 @@ internal sealed unsafe class ManagedMoeDecoder
                         segments[count++] = new Segment(sgu, _sharedDown!.Value, next, 1f);
                         next += 2 * s;
                     }
-                    for (int k = 0; k < active; k++, next += 2 * m)
+                    for (int k = 0; k < used; k++, next += 2 * m)
                         segments[count++] = new Segment(_expertGateUp.Slice((long)selected[k] * 2 * m, 2 * m),
                             _expertDown.Slice((long)selected[k] * d, d), next, (float)gates[k]);
                     fixed (float* xp = xt)
                     fixed (float* yp = y.Slice(t * d, d))
-                        Run(segments, count, xp, yp, qp);
+                    {
+                        if (count == 0) y.Slice(t * d, d).Clear();                          // no shared expert and no routed one above tau
+                        else Run(segments, count, xp, yp, qp);
+                    }
                 }
             }
         }
@@ -114,6 +123,7 @@ internal sealed unsafe class ManagedMoeDecoder
             ArrayPool<float>.Shared.Return(h);
             ArrayPool<byte>.Shared.Return(q);
         }
+        return (routed, most);
     }
 
     /// <summary>One block of a token's FFN: its W_gate|W_up [2n, d] and W_down [d, n], its hidden outputs, its gate.</summary>

@@ -43,6 +43,41 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
     /// <summary>Routed experts used per token (normally <see cref="MoeShape.ActiveExperts"/>; all of them for the dense-equivalence check).</summary>
     public int ActiveExperts { get; set; }
 
+    /// <summary>
+    /// Dynamic-K routing (<see cref="ThresholdRouting"/>): when set, a token uses every routed expert with p + b &gt;= this
+    /// threshold (0 to all of them) instead of the top <see cref="ActiveExperts"/>; null (default) = the authors' top-a.
+    /// </summary>
+    public float? RouterThreshold { get; set; }
+
+    /// <summary>The most routed experts one token can use: all of them with a threshold, else the active count.</summary>
+    public int MaxRoutedPerToken => RouterThreshold is null ? Math.Min(ActiveExperts, Shape.RoutedExperts) : Shape.RoutedExperts;
+
+    private long _countedTokens, _countedNeurons, _countedMax;
+
+    /// <summary>
+    /// FFN neurons this block really computed since <see cref="ResetActiveCount"/>: tokens seen, neurons computed over
+    /// them (shared + the selected routed experts), and the most neurons one token used.
+    /// </summary>
+    public (long Tokens, long Neurons, long MaxPerToken) ActiveCount =>
+        (Interlocked.Read(ref _countedTokens), Interlocked.Read(ref _countedNeurons), Interlocked.Read(ref _countedMax));
+
+    /// <summary>Zeroes <see cref="ActiveCount"/>.</summary>
+    public void ResetActiveCount()
+    {
+        Interlocked.Exchange(ref _countedTokens, 0);
+        Interlocked.Exchange(ref _countedNeurons, 0);
+        Interlocked.Exchange(ref _countedMax, 0);
+    }
+
+    /// <summary>Records <paramref name="tokens"/> tokens that used <paramref name="routedPairs"/> routed experts in all, at most <paramref name="maxRouted"/> for one token.</summary>
+    internal void CountActive(long tokens, long routedPairs, int maxRouted)
+    {
+        Interlocked.Add(ref _countedTokens, tokens);
+        Interlocked.Add(ref _countedNeurons, tokens * Shape.SharedSize + routedPairs * Shape.ExpertSize);
+        long max = Shape.SharedSize + (long)maxRouted * Shape.ExpertSize, seen;
+        while (max > (seen = Interlocked.Read(ref _countedMax)) && Interlocked.CompareExchange(ref _countedMax, max, seen) != seen) { }
+    }
+
     /// <summary>The shared expert, or null when it has no neurons.</summary>
     public SwiGluMlp? SharedExpert => shared_expert;
     /// <summary>The routed experts.</summary>
@@ -117,7 +152,7 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         if (TryManagedForward(x) is { } managed) return managed;
         using var scope = NewDisposeScope();
         var tokens = x.reshape(-1, Shape.Hidden);                                      // [n, d]
-        int active = Math.Min(ActiveExperts, Shape.RoutedExperts);
+        int active = MaxRoutedPerToken;
         bool fast = tokens.shape[0] <= FastPathMaxTokens && !RecordLoad && experts.RawWeightsUsable;
         var y = fast ? FastForward(tokens, active) : GroupedForward(tokens, active);   // [n, d]
         return y.view(x.shape).MoveToOuterDisposeScope();
@@ -133,7 +168,8 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
     {
         if (!DecodeKernels.Qualifies(x, Shape.Hidden, FastPathMaxTokens) || Decodable() is not { } decoder) return null;
         var y = empty(x.shape, dtype: ScalarType.Float32);
-        decoder.Forward(DecodeKernels.Floats(x), DecodeKernels.Floats(y), Math.Min(ActiveExperts, Shape.RoutedExperts));
+        var (routed, most) = decoder.Forward(DecodeKernels.Floats(x), DecodeKernels.Floats(y), MaxRoutedPerToken, RouterThreshold ?? float.NegativeInfinity);
+        CountActive(x.numel() / Shape.Hidden, routed, most);
         return y;
     }
 
@@ -149,7 +185,7 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var y = shared_expert is not null ? shared_expert.forward(tokens) : zeros_like(tokens);   // [n, d]
-        var (selected, gates, _) = router.Route(tokens, active);                              // [n, a], [n, a]
+        var (selected, gates, _) = router.Route(tokens, active, RouterThreshold);             // [n, a], [n, a] (-1: unused slot)
         return RoutedOutput(tokens, selected, gates.to(tokens.dtype), y).MoveToOuterDisposeScope();
     }
 
@@ -161,7 +197,8 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        var (selected, gates) = router.RouteOnHost(tokens, active);                  // [n * a] each, token-major
+        var (selected, gates, counts) = router.RouteOnHost(tokens, active, RouterThreshold ?? float.NegativeInfinity);   // [n * a] each, token-major; [n]
+        CountActive(counts.Length, counts.Sum(), counts.Max());
         var y = shared_expert is not null ? shared_expert.forward(tokens) : zeros_like(tokens);   // [n, d]
         experts.PrepareRaw();
         long n = tokens.shape[0];
@@ -169,7 +206,7 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         {
             var xt = n == 1 ? tokens : tokens.narrow(0, t, 1);                          // [1, d]
             var yt = n == 1 ? y : y.narrow(0, t, 1);                                    // [1, d], a view of y
-            for (int k = 0; k < active; k++)
+            for (int k = 0; k < counts[t]; k++)
                 experts.AddExpertInto(selected[t * active + k], xt, yt, gates[t * active + k]);
         }
         return y.MoveToOuterDisposeScope();
@@ -187,7 +224,14 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         long[] flat;                                                                   // [n*a] expert of each pair
         using (var host = selected.cpu().contiguous()) flat = host.data<long>().ToArray();
         var counts = new long[e];
-        foreach (long j in flat) counts[j]++;
+        long pairs = 0;
+        int most = 0;
+        for (int t = 0, used = 0; t < flat.Length; t++)                               // -1: an unused slot (dynamic-K)
+        {
+            if (flat[t] >= 0) { counts[flat[t]]++; pairs++; used++; }
+            if ((t + 1) % a == 0) { most = Math.Max(most, used); used = 0; }
+        }
+        CountActive(flat.Length / a, pairs, most);
         if (RecordLoad)
         {
             LastExpertCounts?.Dispose();                        // owned by the block, outlives forward's scopes
@@ -195,15 +239,17 @@ public sealed class MoeBlock : nn.Module<Tensor, Tensor>
         }
         var next = new long[e];                                                        // counting sort, stable
         for (int j = 1; j < e; j++) next[j] = next[j - 1] + counts[j - 1];
-        var order = new long[flat.Length];                                             // pair index, grouped by expert
-        var tokenOfPair = new long[flat.Length];
+        var order = new long[pairs];                                                   // pair index, grouped by expert
+        var tokenOfPair = new long[pairs];
+        if (pairs == 0) return y.MoveToOuterDisposeScope();
         for (int p = 0; p < flat.Length; p++)
         {
+            if (flat[p] < 0) continue;
             long slot = next[flat[p]]++;
             order[slot] = p;
             tokenOfPair[slot] = p / a;
         }
-        var tokenIndex = tensor(tokenOfPair, device: tokens.device);                   // [n*a]
+        var tokenIndex = tensor(tokenOfPair, device: tokens.device);                   // [pairs]
         var xs = tokens.index_select(0, tokenIndex);                                   // [n*a, d] grouped
         var gs = gates.flatten().index_select(0, tensor(order, device: tokens.device)).unsqueeze(-1); // [n*a, 1]
         var outputs = new List<Tensor>(e);

@@ -61,6 +61,24 @@ public sealed class TrainingFreeRouter : nn.Module
         bias.zero_();
     }
 
+    /// <summary>
+    /// Fills G and U with the mean of each expert's L2-normalised dense gate / up rows, L2-normalised again
+    /// (ExpertWeaver-style router vectors: the whole expert instead of one representative neuron).
+    /// </summary>
+    public void InitialiseMean(Tensor denseGate, Tensor denseUp, int[][] expertNeurons)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        long e = expertNeurons.Length, m = expertNeurons[0].Length, d = denseGate.shape[1];
+        var index = tensor(expertNeurons.SelectMany(x => x).Select(i => (long)i).ToArray());
+        var g = F.normalize(denseGate.index_select(0, index).to(ScalarType.Float32), dim: 1).view(e, m, d).mean([1L]);   // [E, d]
+        var u = F.normalize(denseUp.index_select(0, index).to(ScalarType.Float32), dim: 1).view(e, m, d).mean([1L]);
+        gate.copy_(F.normalize(g, dim: 1));
+        up.copy_(F.normalize(u, dim: 1));
+        scale.zero_();
+        bias.zero_();
+    }
+
     /// <summary>Router probabilities p = softmax(|U x * SiLU(G x)|): x [n, d] -> [n, E] fp32.</summary>
     public Tensor Probabilities(Tensor x)
     {
@@ -73,14 +91,22 @@ public sealed class TrainingFreeRouter : nn.Module
     /// Selects the top-<paramref name="active"/> experts of p + b and their gates 1 + p_j u_j:
     /// x [n, d] -> (experts [n, a] int64, gates [n, a] fp32, probabilities [n, E]).
     /// </summary>
-    public (Tensor Experts, Tensor Gates, Tensor Probabilities) Route(Tensor x, int active)
+    /// <remarks>
+    /// With a <paramref name="threshold"/> (dynamic-K, <see cref="ThresholdRouting"/>) the experts are every j with
+    /// p_j + b_j &gt;= threshold: [n, E] best first, -1 in the unused slots (their gates are 1 and must be skipped).
+    /// </remarks>
+    public (Tensor Experts, Tensor Gates, Tensor Probabilities) Route(Tensor x, int active, float? threshold = null)
     {
         using var scope = NewDisposeScope();
         var p = Probabilities(x);                                                 // [n, E]
-        Tensor selected;
+        Tensor selected, index;
         using (no_grad())
-            selected = p.add(bias.to(p.device), Scalars.One).topk(active, dim: -1).indexes;       // [n, a]
-        var gates = (p.gather(-1, selected) * scale.index_select(0, selected.flatten()).view_as(selected)).add(Scalars.One, Scalars.One); // [n, a]: 1 + p u
+        {
+            var scored = p.add(bias.to(p.device), Scalars.One);
+            selected = threshold is { } tau ? ThresholdRouting.Select(scored, tau) : scored.topk(active, dim: -1).indexes;   // [n, a] or [n, E]
+            index = threshold is null ? selected : selected.clamp_min(Scalars.Of(0L));
+        }
+        var gates = (p.gather(-1, index) * scale.index_select(0, index.flatten()).view_as(index)).add(Scalars.One, Scalars.One); // [n, a]: 1 + p u
         return (selected.MoveToOuterDisposeScope(), gates.MoveToOuterDisposeScope(), p.MoveToOuterDisposeScope());
     }
 
@@ -88,9 +114,10 @@ public sealed class TrainingFreeRouter : nn.Module
     /// <see cref="Route"/> for inference with the selection on the host: the two router products run as
     /// tensor operations, the rest (score, softmax, bias, top-a, gates) in plain code on [n, E] floats,
     /// which for a few tokens costs less than dispatching the tensor operations. No gradient.
-    /// Returns the selected experts and their gates, token-major [n * a].
+    /// Returns the selected experts and their gates, token-major [n * a], and the number used per token [n]
+    /// (a, or with a <paramref name="threshold"/> the count of p + b &gt;= threshold, at most <paramref name="active"/>).
     /// </summary>
-    internal (int[] Experts, double[] Gates) RouteOnHost(Tensor x, int active)
+    internal (int[] Experts, double[] Gates, int[] Counts) RouteOnHost(Tensor x, int active, float threshold = float.NegativeInfinity)
     {
         using var scope = NewDisposeScope();
         int e = (int)gate.shape[0];
@@ -111,19 +138,21 @@ public sealed class TrainingFreeRouter : nn.Module
         int n = g.Length / stride;
         var experts = new int[n * active];
         var gates = new double[n * active];
+        var counts = new int[n];
         for (int t = 0; t < n; t++)
-            SelectOnHost(g.AsSpan(gOffset + t * stride, e), u.AsSpan(uOffset + t * stride, e), b, scl,
-                experts.AsSpan(t * active, active), gates.AsSpan(t * active, active));
-        return (experts, gates);
+            counts[t] = SelectOnHost(g.AsSpan(gOffset + t * stride, e), u.AsSpan(uOffset + t * stride, e), b, scl,
+                experts.AsSpan(t * active, active), gates.AsSpan(t * active, active), threshold);
+        return (experts, gates, counts);
     }
 
     /// <summary>
     /// The router's host-side tail for one token, from its two products G x and U x [E]: s_j = |U x * SiLU(G x)|,
     /// p = softmax(s) (fp32 like <see cref="Route"/>), the top-a of p + b written to <paramref name="experts"/> (length a,
-    /// best first) and their gates 1 + p_j u_j to <paramref name="gates"/>.
+    /// best first) and their gates 1 + p_j u_j to <paramref name="gates"/>. With a <paramref name="threshold"/> the
+    /// selection stops at the first expert whose p + b is below it (dynamic-K). Returns the number of experts written.
     /// </summary>
-    internal static void SelectOnHost(ReadOnlySpan<float> gx, ReadOnlySpan<float> ux, ReadOnlySpan<float> bias, ReadOnlySpan<float> scale,
-        Span<int> experts, Span<double> gates)
+    internal static int SelectOnHost(ReadOnlySpan<float> gx, ReadOnlySpan<float> ux, ReadOnlySpan<float> bias, ReadOnlySpan<float> scale,
+        Span<int> experts, Span<double> gates, float threshold = float.NegativeInfinity)
     {
         int e = gx.Length;
         Span<double> p = stackalloc double[e];
@@ -146,9 +175,11 @@ public sealed class TrainingFreeRouter : nn.Module
                 double score = (float)(p[j] + bias[j]);
                 if (score > bestScore && !experts[..k].Contains(j)) (best, bestScore) = (j, score);
             }
+            if (bestScore < threshold) return k;                                          // dynamic-K: the rest are below tau
             experts[k] = best;
             gates[k] = (float)(1 + (float)p[best] * scale[best]);                         // g_j = 1 + p_j u_j
         }
+        return experts.Length;
     }
 
     /// <summary>A tensor's values as fp32 on the host (no copy for a contiguous fp32 CPU tensor beyond the array).</summary>
