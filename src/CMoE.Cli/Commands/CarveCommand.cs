@@ -22,6 +22,8 @@ internal sealed class CarveCommand : ICommand
     private readonly Option<RouterSelection> _routing = CliOptions.Choice("--routing", RouterSelection.TopK, "topk: a fixed a experts per token; threshold: dynamic-K, a on average");
     private readonly Option<RouterVectors> _routerVectors = CliOptions.Choice("--router-vectors", RouterVectors.Representative, "router rows from each expert's representative neuron or the mean of its neurons");
     private readonly Option<NeuronWeighting> _neuronWeighting = CliOptions.Choice("--neuron-weighting", NeuronWeighting.None, "neuron scores alone, or times ||W_down[:, i]||");
+    private readonly Option<DownProjectionFit> _downFit = CliOptions.Choice("--down-fit", DownProjectionFit.None, "none: experts keep the dense W_down columns; ridge: refit them in closed form to the dense FFN output");
+    private readonly Option<double> _downFitRidge = CliOptions.Double("--down-fit-ridge", 0.1, "relative ridge strength of --down-fit ridge (larger: closer to the dense columns)", min: 1e-12);
     private readonly Option<int> _seed = CliOptions.Int("--seed", 0, "seed of the calibration windows");
     private readonly Option<bool> _streaming = CliOptions.Flag("--streaming", "carve disk to disk, one decoder layer in memory at a time");
     private readonly Option<bool> _resume = CliOptions.Flag("--resume", "continue an interrupted --streaming carve");
@@ -52,7 +54,7 @@ internal sealed class CarveCommand : ICommand
 
     public IEnumerable<Option> Options =>
     [
-        _model, _calibration, _layout, _out, _samples, _seqLen, _kAct, _score, _iterations, _routing, _routerVectors, _neuronWeighting, _seed, _streaming, _resume,
+        _model, _calibration, _layout, _out, _samples, _seqLen, _kAct, _score, _iterations, _routing, _routerVectors, _neuronWeighting, _downFit, _downFitRidge, _seed, _streaming, _resume,
         CommonOptions.WeightsOption, .. CommonOptions.Runtime, CommonOptions.JsonOption,
     ];
 
@@ -74,6 +76,8 @@ internal sealed class CarveCommand : ICommand
             Routing = line.GetValue(_routing),
             RouterVectors = line.GetValue(_routerVectors),
             NeuronWeighting = line.GetValue(_neuronWeighting),
+            DownFit = line.GetValue(_downFit),
+            DownFitRidge = line.GetValue(_downFitRidge),
         };
         bool json = line.GetValue(CommonOptions.JsonOption);
         bool streaming = line.GetValue(_streaming);
@@ -107,7 +111,9 @@ internal sealed class CarveCommand : ICommand
             ["routing"] = options.Routing.ToString().ToLowerInvariant(),
             ["router_vectors"] = options.RouterVectors.ToString().ToLowerInvariant(),
             ["neuron_weighting"] = options.NeuronWeighting.ToString().ToLowerInvariant(),
+            ["down_fit"] = options.DownFit.ToString().ToLowerInvariant(),
         };
+        if (options.DownFit != DownProjectionFit.None) provenance["down_fit_ridge"] = options.DownFitRidge;
         if (weights.Kind != Modeling.Weights.WeightKind.Fp32) provenance["weights"] = weights.ToString();
         CarveReport report;
         bool resumed = false;

@@ -24,6 +24,12 @@ public sealed record CarveOptions
     /// <summary>Neuron score weighting before the markers: none (authors, default) or by ||W_down[:, i]||.</summary>
     public NeuronWeighting NeuronWeighting { get; init; } = NeuronWeighting.None;
 
+    /// <summary>Down-projection refit after carving each layer: none (authors, default) or ridge (<see cref="DownProjectionRefit"/>).</summary>
+    public DownProjectionFit DownFit { get; init; } = DownProjectionFit.None;
+
+    /// <summary>Relative ridge strength of <see cref="DownProjectionFit.Ridge"/> (lambda = ridge * mean diagonal of H^T H).</summary>
+    public double DownFitRidge { get; init; } = 0.1;
+
     /// <summary>Calibration windows per forward pass while carving (bounds memory).</summary>
     public int Batch { get; init; } = 8;
 
@@ -34,6 +40,7 @@ public sealed record CarveOptions
         if (KAct < 1 || KAct > intermediateSize)
             throw new ArgumentException($"k-act must be between 1 and the FFN width {intermediateSize} (got {KAct}).");
         if (Iterations < 1) throw new ArgumentException($"iterations must be at least 1 (got {Iterations}).");
+        if (!(DownFitRidge > 0) || double.IsInfinity(DownFitRidge)) throw new ArgumentException($"down-fit ridge must be a positive number (got {DownFitRidge}).");
         if (Batch < 1) throw new ArgumentException($"batch must be at least 1 (got {Batch}).");
     }
 }

@@ -112,6 +112,7 @@ public static class MoeCarver
         }
         double profileSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
 
+        using var denseOutputs = options.DownFit == DownProjectionFit.Ridge ? cat(ffnInputs.Select(f => dense.forward(f.reshape(-1, d))).ToList(), 0) : null;   // [q, d]
         var t1 = Stopwatch.GetTimestamp();
         MoeBlock moe;
         ExpertPartition partition;
@@ -121,6 +122,11 @@ public static class MoeCarver
             using var scope = NewDisposeScope();
             var p = cat(ffnInputs.Select(f => moe.Router.Probabilities(f.reshape(-1, d))).ToList(), 0);   // [q, E], bias 0
             moe.RouterThreshold = ThresholdRouting.Calibrate(p, options.Layout.Active);
+        }
+        if (denseOutputs is not null)
+        {
+            using var flatInputs = cat(ffnInputs.Select(f => f.reshape(-1, d)).ToList(), 0);   // [q, d]
+            DownProjectionRefit.Refit(moe, flatInputs, denseOutputs, options.DownFitRidge);
         }
         double partitionSeconds = Stopwatch.GetElapsedTime(t1).TotalSeconds;
 
