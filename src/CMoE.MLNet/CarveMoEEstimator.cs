@@ -34,11 +34,11 @@ public sealed class CarveMoEEstimator : LanguageModelEstimatorBase<LanguageModel
         /// <summary>Balanced k-means rounds (1 = the authors' code). Default 1.</summary>
         public int Iterations { get; set; } = 1;
 
-        /// <summary>K_a, markers per token. Default 10.</summary>
-        public int KAct { get; set; } = ActivationMarkers.DefaultMarkersPerToken;
+        /// <summary>K_a, markers per token. Default 40 (the authors': 10).</summary>
+        public int KAct { get; set; } = CarveOptions.DefaultKAct;
 
-        /// <summary>The activation score. Default cosine.</summary>
-        public ActivationScore Score { get; set; } = ActivationScore.Cosine;
+        /// <summary>The activation score. Default raw (the authors': cosine).</summary>
+        public ActivationScore Score { get; set; } = ActivationScore.Raw;
 
         /// <summary>Calibration windows per forward pass. Default 8.</summary>
         public int ForwardBatch { get; set; } = 8;
@@ -46,11 +46,17 @@ public sealed class CarveMoEEstimator : LanguageModelEstimatorBase<LanguageModel
         /// <summary>Router selection, the authors' top-a (default) or a calibrated threshold (dynamic-K, a variable count per token with mean a on the calibration tokens).</summary>
         public RouterSelection Routing { get; set; } = RouterSelection.TopK;
 
-        /// <summary>Router vectors, the representative neuron's rows (authors, default) or the mean of the expert's rows.</summary>
-        public RouterVectors RouterVectors { get; set; } = RouterVectors.Representative;
+        /// <summary>Router vectors, the mean of the expert's rows (default) or the representative neuron's rows (authors).</summary>
+        public RouterVectors RouterVectors { get; set; } = RouterVectors.Mean;
 
-        /// <summary>Neuron score weighting before the markers, none (authors, default) or by ||W_down[:, i]||.</summary>
-        public NeuronWeighting NeuronWeighting { get; set; } = NeuronWeighting.None;
+        /// <summary>Neuron score weighting before the markers, by ||W_down[:, i]|| (default) or none (authors).</summary>
+        public NeuronWeighting NeuronWeighting { get; set; } = NeuronWeighting.DownNorm;
+
+        /// <summary>Down-projection refit after carving each layer, ridge (default: closed-form fit of the experts' W_down columns to the dense FFN output on the calibration tokens) or none (authors).</summary>
+        public DownProjectionFit DownFit { get; set; } = DownProjectionFit.Ridge;
+
+        /// <summary>Relative ridge strength of <see cref="DownProjectionFit.Ridge"/>. Default 0.3.</summary>
+        public double DownFitRidge { get; set; } = CarveOptions.DefaultDownFitRidge;
 
         /// <summary>Router bias balancing rounds after carving (0 = none). Default 0.</summary>
         public int RouterBalanceIterations { get; set; }

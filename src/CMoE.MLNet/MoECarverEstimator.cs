@@ -40,11 +40,11 @@ public sealed class MoECarverEstimator : LanguageModelEstimatorBase<MoECarverTra
         /// <summary>Sequential mode only: the dense model folder. Leave empty to carve from an upstream profile.</summary>
         public string? ModelFolder { get; set; }
 
-        /// <summary>Sequential mode only: K_a, markers per token (default 10).</summary>
-        public int KAct { get; set; } = ActivationMarkers.DefaultMarkersPerToken;
+        /// <summary>Sequential mode only: K_a, markers per token (default 40; the authors': 10).</summary>
+        public int KAct { get; set; } = CarveOptions.DefaultKAct;
 
-        /// <summary>Sequential mode only: the activation score (default cosine).</summary>
-        public ActivationScore Score { get; set; } = ActivationScore.Cosine;
+        /// <summary>Sequential mode only: the activation score (default raw; the authors': cosine).</summary>
+        public ActivationScore Score { get; set; } = ActivationScore.Raw;
 
         /// <summary>Sequential mode only: calibration windows per forward pass. Default 8.</summary>
         public int ForwardBatch { get; set; } = 8;
@@ -52,11 +52,17 @@ public sealed class MoECarverEstimator : LanguageModelEstimatorBase<MoECarverTra
         /// <summary>Sequential mode only: router selection, the authors' top-a (default) or a calibrated threshold (dynamic-K, a variable count per token with mean a on the calibration tokens).</summary>
         public RouterSelection Routing { get; set; } = RouterSelection.TopK;
 
-        /// <summary>Sequential mode only: router vectors, the representative neuron's rows (authors, default) or the mean of the expert's rows.</summary>
-        public RouterVectors RouterVectors { get; set; } = RouterVectors.Representative;
+        /// <summary>Sequential mode only: router vectors, the mean of the expert's rows (default) or the representative neuron's rows (authors).</summary>
+        public RouterVectors RouterVectors { get; set; } = RouterVectors.Mean;
 
-        /// <summary>Sequential mode only: neuron score weighting before the markers, none (authors, default) or by ||W_down[:, i]||.</summary>
-        public NeuronWeighting NeuronWeighting { get; set; } = NeuronWeighting.None;
+        /// <summary>Sequential mode only: neuron score weighting before the markers, by ||W_down[:, i]|| (default) or none (authors).</summary>
+        public NeuronWeighting NeuronWeighting { get; set; } = NeuronWeighting.DownNorm;
+
+        /// <summary>Down-projection refit after carving each layer, ridge (default: closed-form fit of the experts' W_down columns to the dense FFN output on the calibration tokens) or none (authors).</summary>
+        public DownProjectionFit DownFit { get; set; } = DownProjectionFit.Ridge;
+
+        /// <summary>Relative ridge strength of <see cref="DownProjectionFit.Ridge"/>. Default 0.3.</summary>
+        public double DownFitRidge { get; set; } = CarveOptions.DefaultDownFitRidge;
     }
 
     internal MoECarverEstimator(IHostEnvironment env, Options options, ActivationProfilerTransformer? profile = null)
@@ -79,8 +85,8 @@ public sealed class MoECarverEstimator : LanguageModelEstimatorBase<MoECarverTra
         CarveReport report;
         if (profiled is not null)
         {
-            if (_options.Routing != RouterSelection.TopK || _options.RouterVectors != RouterVectors.Representative || _options.NeuronWeighting != NeuronWeighting.None)
-                throw new InvalidOperationException($"{Name}: Routing, RouterVectors and NeuronWeighting apply to sequential carving (Options.ModelFolder, no upstream profile); carving from a one-pass profile uses the authors' procedure.");
+            if (_options.Routing != RouterSelection.TopK)
+                throw new InvalidOperationException($"{Name}: Routing = Threshold applies to sequential carving (Options.ModelFolder, no upstream profile); carving from a one-pass profile routes top-a.");
             profiled.Handle.RequireFp32(Name);
             handle = profiled.Handle.Clone();
             try
@@ -130,27 +136,29 @@ public sealed class MoECarverEstimator : LanguageModelEstimatorBase<MoECarverTra
 
     /// <summary>Sequential carving (MoeCarver.Carve) of the dense <paramref name="handle"/> on calibration windows from <paramref name="input"/>.</summary>
     internal static CarveReport CarveSequential(LanguageModelHandle handle, IDataView input, CalibrationOptions options, MoeLayout layout, string stage,
-        int iterations = 1, int kAct = ActivationMarkers.DefaultMarkersPerToken, ActivationScore score = ActivationScore.Cosine, int forwardBatch = 8)
+        int iterations = 1, int kAct = CarveOptions.DefaultKAct, ActivationScore score = ActivationScore.Raw, int forwardBatch = 8)
     {
-        var (routing, vectors, weighting) = (RouterSelection.TopK, RouterVectors.Representative, NeuronWeighting.None);
+        var defaults = new CarveOptions { Layout = layout };
+        var (routing, vectors, weighting, downFit, ridge) = (defaults.Routing, defaults.RouterVectors, defaults.NeuronWeighting, defaults.DownFit, defaults.DownFitRidge);
         if (options is Options own)
-            (iterations, kAct, score, forwardBatch, routing, vectors, weighting) = (own.Iterations, own.KAct, own.Score, own.ForwardBatch, own.Routing, own.RouterVectors, own.NeuronWeighting);
+            (iterations, kAct, score, forwardBatch, routing, vectors, weighting, downFit, ridge) =
+                (own.Iterations, own.KAct, own.Score, own.ForwardBatch, own.Routing, own.RouterVectors, own.NeuronWeighting, own.DownFit, own.DownFitRidge);
         else if (options is CarveMoEEstimator.Options whole)
-            (routing, vectors, weighting) = (whole.Routing, whole.RouterVectors, whole.NeuronWeighting);
+            (routing, vectors, weighting, downFit, ridge) = (whole.Routing, whole.RouterVectors, whole.NeuronWeighting, whole.DownFit, whole.DownFitRidge);
         if (handle.IsCarved) throw new ArgumentException($"{stage}: the model is already carved; carve a dense model.");
         var windows = CalibrationData.Windows(input, handle.Tokenizer, options, stage);
         using var ids = tensor(windows);                                                    // [samples, length]
         var carve = new CarveOptions
         {
             Layout = layout, KAct = kAct, Score = score, Iterations = iterations, Batch = forwardBatch,
-            Routing = routing, RouterVectors = vectors, NeuronWeighting = weighting,
+            Routing = routing, RouterVectors = vectors, NeuronWeighting = weighting, DownFit = downFit, DownFitRidge = ridge,
         };
         var report = MoeCarver.Carve(handle.Model, ids, carve, Progress(options, "carve"), options.Cancellation);
         handle.Provenance = new JsonObject
         {
             ["method"] = "sequential", ["layout"] = layout.ToString(), ["k_act"] = kAct, ["score"] = score.ToString(),
             ["iterations"] = iterations, ["routing"] = routing.ToString(), ["router_vectors"] = vectors.ToString(),
-            ["neuron_weighting"] = weighting.ToString(), ["calibration_samples"] = options.CalibrationSamples,
+            ["neuron_weighting"] = weighting.ToString(), ["down_fit"] = downFit.ToString(), ["down_fit_ridge"] = ridge, ["calibration_samples"] = options.CalibrationSamples,
             ["calibration_length"] = options.CalibrationLength, ["seed"] = options.Seed, ["seconds"] = Math.Round(report.Seconds, 3),
         };
         handle.MarkChanged(layout.ToString());

@@ -16,14 +16,15 @@ internal sealed class CarveCommand : ICommand
     private readonly Option<string> _out = CliOptions.Required("--out", "folder", "the carved folder to write");
     private readonly Option<int> _samples = CliOptions.Int("--samples", 8, "calibration windows", min: 1);
     private readonly Option<int> _seqLen = CliOptions.Int("--seq-len", 512, "tokens per calibration window", min: 2);
-    private readonly Option<int> _kAct = CliOptions.Int("--k-act", 10, "K_a: neurons marked active per token", min: 1);
-    private readonly Option<ActivationScore> _score = CliOptions.Choice("--score", ActivationScore.Cosine, "how experts are grouped around their centres");
+    private readonly Option<int> _kAct = CliOptions.Int("--k-act", CarveOptions.DefaultKAct, "K_a: neurons marked active per token", min: 1);
+    private readonly Option<ActivationScore> _score = CliOptions.Choice("--score", ActivationScore.Raw, "neuron score: raw SwiGLU activation or the authors' cosine form");
     private readonly Option<int> _iterations = CliOptions.Int("--iterations", 1, "balanced k-means iterations", min: 1);
     private readonly Option<RouterSelection> _routing = CliOptions.Choice("--routing", RouterSelection.TopK, "topk: a fixed a experts per token; threshold: dynamic-K, a on average");
-    private readonly Option<RouterVectors> _routerVectors = CliOptions.Choice("--router-vectors", RouterVectors.Representative, "router rows from each expert's representative neuron or the mean of its neurons");
-    private readonly Option<NeuronWeighting> _neuronWeighting = CliOptions.Choice("--neuron-weighting", NeuronWeighting.None, "neuron scores alone, or times ||W_down[:, i]||");
-    private readonly Option<DownProjectionFit> _downFit = CliOptions.Choice("--down-fit", DownProjectionFit.None, "none: experts keep the dense W_down columns; ridge: refit them in closed form to the dense FFN output");
-    private readonly Option<double> _downFitRidge = CliOptions.Double("--down-fit-ridge", 0.1, "relative ridge strength of --down-fit ridge (larger: closer to the dense columns)", min: 1e-12);
+    private readonly Option<RouterVectors> _routerVectors = CliOptions.Choice("--router-vectors", RouterVectors.Mean, "router rows from each expert's representative neuron or the mean of its neurons");
+    private readonly Option<NeuronWeighting> _neuronWeighting = CliOptions.Choice("--neuron-weighting", NeuronWeighting.DownNorm, "neuron scores alone, or times ||W_down[:, i]||");
+    private readonly Option<DownProjectionFit> _downFit = CliOptions.Choice("--down-fit", DownProjectionFit.Ridge, "none: experts keep the dense W_down columns; ridge: refit them in closed form to the dense FFN output");
+    private readonly Option<double> _downFitRidge = CliOptions.Double("--down-fit-ridge", CarveOptions.DefaultDownFitRidge, "relative ridge strength of --down-fit ridge (larger: closer to the dense columns)", min: 1e-12);
+    private readonly Option<CarveRecipe> _recipe = CliOptions.Choice("--recipe", CarveRecipe.Default, "default: this library's carving; authors: the authors' procedure (options given explicitly still apply)");
     private readonly Option<int> _seed = CliOptions.Int("--seed", 0, "seed of the calibration windows");
     private readonly Option<bool> _streaming = CliOptions.Flag("--streaming", "carve disk to disk, one decoder layer in memory at a time");
     private readonly Option<bool> _resume = CliOptions.Flag("--resume", "continue an interrupted --streaming carve");
@@ -39,7 +40,11 @@ internal sealed class CarveCommand : ICommand
         count on the calibration tokens is a (the per-token count varies; not with --streaming). --router-vectors
         mean: router rows = mean of each expert's normalised gate/up rows instead of its representative neuron's.
         --neuron-weighting downnorm: neuron scores times ||W_down[:, i]|| before the top-k-act markers.
-        The defaults are the authors' procedure.
+        --down-fit ridge: after carving a layer, its experts' W_down columns are refitted in closed form (ridge
+        regression toward the dense columns, strength --down-fit-ridge) so the carved block reproduces the dense
+        FFN's output on the calibration tokens; same neurons, router and cost per token.
+        The defaults are this library's recipe (docs/benchmarks.md, "Carving quality"); --recipe authors gives the
+        authors' procedure (cosine score, k-act 10, representative router rows, no weighting, no down fit).
         The output folder (config.json with a cmoe section, model.safetensors, tokenizer files) is written
         under a temporary name and moved into place. --streaming carves from disk to disk with one decoder
         layer in memory at a time (CPU; byte-identical output), for models larger than memory. It keeps its
@@ -54,7 +59,7 @@ internal sealed class CarveCommand : ICommand
 
     public IEnumerable<Option> Options =>
     [
-        _model, _calibration, _layout, _out, _samples, _seqLen, _kAct, _score, _iterations, _routing, _routerVectors, _neuronWeighting, _downFit, _downFitRidge, _seed, _streaming, _resume,
+        _model, _calibration, _layout, _out, _samples, _seqLen, _kAct, _score, _iterations, _routing, _routerVectors, _neuronWeighting, _downFit, _downFitRidge, _recipe, _seed, _streaming, _resume,
         CommonOptions.WeightsOption, .. CommonOptions.Runtime, CommonOptions.JsonOption,
     ];
 
@@ -67,17 +72,18 @@ internal sealed class CarveCommand : ICommand
         int samples = line.GetValue(_samples);
         int seqLen = line.GetValue(_seqLen);
         int seed = line.GetValue(_seed);
-        var options = new CarveOptions
+        var recipe = line.GetValue(_recipe) == CarveRecipe.Authors ? CarveOptions.Authors(layout) : new CarveOptions { Layout = layout };
+        T Given<T>(Option<T> option, T fromRecipe) => line.GetResult(option) is { Implicit: false } ? line.GetValue(option)! : fromRecipe;
+        var options = recipe with
         {
-            Layout = layout,
-            KAct = line.GetValue(_kAct),
-            Score = line.GetValue(_score),
-            Iterations = line.GetValue(_iterations),
-            Routing = line.GetValue(_routing),
-            RouterVectors = line.GetValue(_routerVectors),
-            NeuronWeighting = line.GetValue(_neuronWeighting),
-            DownFit = line.GetValue(_downFit),
-            DownFitRidge = line.GetValue(_downFitRidge),
+            KAct = Given(_kAct, recipe.KAct),
+            Score = Given(_score, recipe.Score),
+            Iterations = Given(_iterations, recipe.Iterations),
+            Routing = Given(_routing, recipe.Routing),
+            RouterVectors = Given(_routerVectors, recipe.RouterVectors),
+            NeuronWeighting = Given(_neuronWeighting, recipe.NeuronWeighting),
+            DownFit = Given(_downFit, recipe.DownFit),
+            DownFitRidge = Given(_downFitRidge, recipe.DownFitRidge),
         };
         bool json = line.GetValue(CommonOptions.JsonOption);
         bool streaming = line.GetValue(_streaming);
@@ -172,4 +178,13 @@ internal sealed class CarveCommand : ICommand
         return 0;
     }
 
+}
+
+/// <summary>The base set of carving knobs (<c>--recipe</c>).</summary>
+public enum CarveRecipe
+{
+    /// <summary>This library's defaults (<see cref="CarveOptions"/>).</summary>
+    Default,
+    /// <summary>The authors' procedure (<see cref="CarveOptions.Authors"/>).</summary>
+    Authors,
 }

@@ -27,7 +27,7 @@ public class CarvedModelTests
         using var dense = ModelFolder.Load(TestPaths.EmbeddedModel);
         using var carved = ModelFolder.Load(TestPaths.EmbeddedModel);
         using var calibration = Calibration(2, 64, seed: 1);
-        MoeCarver.Carve(carved, calibration, new CarveOptions { Layout = MoeLayout.Parse("S2A2E16") });
+        MoeCarver.Carve(carved, calibration, CarveOptions.Authors(MoeLayout.Parse("S2A2E16")));
         foreach (var layer in carved.Model.Layers) ((MoeBlock)layer.Mlp).ActiveExperts = 14;
         using var ids = Probe();
         using var noGrad = no_grad();

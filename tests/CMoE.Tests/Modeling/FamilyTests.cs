@@ -65,7 +65,8 @@ public class FamilyTests
         TorchTestSetup.Pin();
         using var dir = new TempDir();
         string folder = Write(dir, shape);
-        var options = new CarveOptions { Layout = MoeLayout.Parse("S1A2E8"), KAct = 8 };
+        var layout = MoeLayout.Parse("S1A2E8");
+        var options = new CarveOptions { Layout = layout, KAct = 8 };                         // this library's recipe (down-fit included)
         using var calibration = Ids(96, seed: 5).reshape(2, 48);
         using var dense = ModelFolder.Load(folder);
         using var carved = ModelFolder.Load(folder);
@@ -75,11 +76,15 @@ public class FamilyTests
         using var noGrad = no_grad();
         using var probe = Ids(80, seed: 9);
         using var carvedLogits = carved.Forward(probe);
-        foreach (var layer in carved.Model.Layers) ((MoeBlock)layer.Mlp).ActiveExperts = 7;   // every routed expert on
-        using (var all = carved.Forward(probe))
-        using (var reference = dense.Forward(probe))
+        using (var authors = ModelFolder.Load(folder))
+        {
+            // The authors' carving only slices the dense FFN: with every routed expert on it is the dense FFN again.
+            MoeCarver.Carve(authors, calibration, CarveOptions.Authors(layout) with { KAct = 8 });
+            foreach (var layer in authors.Model.Layers) ((MoeBlock)layer.Mlp).ActiveExperts = 7;
+            using var all = authors.Forward(probe);
+            using var reference = dense.Forward(probe);
             (all - reference).abs().max().item<float>().Should().BeLessThan(1e-3f, "every expert on is the dense FFN");
-        foreach (var layer in carved.Model.Layers) ((MoeBlock)layer.Mlp).ActiveExperts = 2;
+        }
 
         var stream = TokenizerLoaderIds();
         var carvedPpl = PerplexityEvaluator.Evaluate(carved, stream, 64, 2).Perplexity;
