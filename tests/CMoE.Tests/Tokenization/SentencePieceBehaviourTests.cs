@@ -69,6 +69,21 @@ public sealed class SentencePieceBehaviourTests
         both.Encode("Hello", addBos: true, addEos: both.AddEosToken).Should().Equal(1, 831, 2);
     }
 
+    [Fact]
+    public void Decoding_InvalidByteRunsGiveOneReplacementPerByte_MetaspaceDropsTheReplacementInTheFirstToken()
+    {
+        // Reference (HF tokenizers 0.23.2, probed): ByteFallback turns an invalid run into one U+FFFD per byte;
+        // the Metaspace decoder drops every "▁" of the first token, and "<s>" kept counts as that first token.
+        var llama2 = Load("llama2");
+        var v = ((HfTokenizer)llama2.Inner).Vocabulary;
+        llama2.Decode([v["<0xE6>"], v["<0xE6>"], v["▁a"]]).Should().Be("\uFFFD\uFFFD a");
+        llama2.Decode([v["<0xE6>"], v["<0x97>"], v["<0xA5>"]]).Should().Be("日");
+        var ms = Load("metaspace");
+        var mv = ((HfTokenizer)ms.Inner).Vocabulary;
+        ms.Decode([mv["▁▁"], mv["▁a"]]).Should().Be(" a");
+        ((HfTokenizer)ms.Inner).Decode([mv["<s>"], mv["▁a"], mv["▁a"]], considerSpecialTokens: true).Should().Be("<s> a a");
+    }
+
     [Theory]
     [InlineData("normalizer", """{"type": "BertNormalizer"}""", "normalizer 'BertNormalizer' is not supported")]
     [InlineData("pre_tokenizer", """{"type": "Whitespace"}""", "pre_tokenizer 'Whitespace' is not supported")]

@@ -52,6 +52,7 @@ for (let i = 0; i < 5000; i++) {
 
 if (mode === 'all' || mode === 'bytelevel') await byteLevel();
 if (mode === 'all' || mode === 'sentencepiece') await sentencePiece();
+if (mode === 'all' || mode === 'bytelevel' || mode === 'chat') await byteLevelChat();
 
 async function byteLevel() {
 // ---- hard cases (also in the training text, so some of them become whole tokens) ----
@@ -131,17 +132,7 @@ fs.writeFileSync(path.join(out, 'golden.json'), JSON.stringify(golden));
 async function sentencePiece() {
   const M = '▁';
   const hex = b => '<0x' + b.toString(16).toUpperCase().padStart(2, '0') + '>';
-  // Hard cases; the ones naming specials are per variant (each variant's own added tokens, written inside the text).
-  const hard = [
-    '', ' ', '   ', 'a', ' a', 'a ', '  a  b   c  ', 'Hello world', 'Hello  world', ' Hello', 'Hello\nworld', 'line1\n\nline2\r\n',
-    '\ttab\tand\t\ttabs', '\n', '\n\n\n', ' \n ', '1234567890 3.14159 1,000', 'emoji 😀😃 👍🏽 👨‍👩‍👧 🇫🇷', '日本語のテキスト、中文文本。한국어',
-    '𝐱 + 𝐲 = 𝐳', '𠮷野家 𠮷', 'x𝐱y𝟙z', '😀', 'Tiếng Việt có nhiều dấu', 'İstanbul ılık', 'caf\u0065\u0301 café', 'a\u00a0b\u3000c',
-    '\u0000\u0001\u007f', '\ufffd', '▁already▁metaspace', ' ▁ ▁▁ ', '<0x41>', 'New York is big', 'the cat sat', 'concatenate cat',
-  ];
-  const specialsIn = tokens => [
-    ...tokens.map(t => t), ...tokens.map(t => 'Hello' + t + 'world'), ...tokens.map(t => 'a ' + t + ' b'), ...tokens.map(t => ' ' + t + '  x'),
-    tokens.join(''), tokens.join(' '), 'x' + tokens.join('\n') + '\n', tokens[0] + tokens[0] + 'y', '<' + tokens[0].slice(1), tokens[0] + '\n\n  text',
-  ];
+  const { hard } = specialTexts();
   // Training text: sotu_train plus the hard cases; spaces become ▁ and each line gets the dummy prefix; words split before ▁.
   const trainText = fs.readFileSync(trainPath, 'utf8').slice(0, 200000) + '\n' + hard.join('\n').repeat(10);
   const charCount = new Map();
@@ -225,6 +216,24 @@ async function sentencePiece() {
       null, ms, template('<s>', 1), ms, spModel(v, '<unk>', true)) };
   }
 
+  for (const [name, { specials, json }] of Object.entries(variants)) await writeGolden(name, json, specials, `golden-sp-${name}.json.gz`);
+}
+
+// The texts of the SentencePiece-style goldens (also used for the byte-level chat variants): hard cases, seeded fuzz, corpus lines.
+// Hard cases; the ones naming specials are per variant (each variant's own added tokens, written inside the text).
+// extraPool: one more fuzz pool (with weight 3) for variants whose special tokens the shared pools do not name.
+function specialTexts(extraPool = null) {
+  const M = '▁';
+  const hard = [
+    '', ' ', '   ', 'a', ' a', 'a ', '  a  b   c  ', 'Hello world', 'Hello  world', ' Hello', 'Hello\nworld', 'line1\n\nline2\r\n',
+    '\ttab\tand\t\ttabs', '\n', '\n\n\n', ' \n ', '1234567890 3.14159 1,000', 'emoji 😀😃 👍🏽 👨‍👩‍👧 🇫🇷', '日本語のテキスト、中文文本。한국어',
+    '𝐱 + 𝐲 = 𝐳', '𠮷野家 𠮷', 'x𝐱y𝟙z', '😀', 'Tiếng Việt có nhiều dấu', 'İstanbul ılık', 'caf\u0065\u0301 café', 'a\u00a0b\u3000c',
+    '\u0000\u0001\u007f', '\ufffd', '▁already▁metaspace', ' ▁ ▁▁ ', '<0x41>', 'New York is big', 'the cat sat', 'concatenate cat',
+  ];
+  const specialsIn = tokens => [
+    ...tokens.map(t => t), ...tokens.map(t => 'Hello' + t + 'world'), ...tokens.map(t => 'a ' + t + ' b'), ...tokens.map(t => ' ' + t + '  x'),
+    tokens.join(''), tokens.join(' '), 'x' + tokens.join('\n') + '\n', tokens[0] + tokens[0] + 'y', '<' + tokens[0].slice(1), tokens[0] + '\n\n  text',
+  ];
   // Fuzz strings: seeded; pools add metaspace, byte-fallback-only characters and fragments of special tokens.
   const pools = [
     'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ', '0123456789', '     \t\n\r\n\u00a0\u3000', ".,;:!?'\"()[]{}-_/\\@#$%^&*+=<>|~`’“”",
@@ -233,8 +242,9 @@ async function sentencePiece() {
     [M, M + M, ' ' + M], ['<s>', '</s>', '<unk>', '[INST]', '[/INST]', '<|user|>', '<|end|>', '<|assistant|>', '<|tool|>', '<|endoftext|>', 'cat', ' cat ',
       '<start_of_turn>', '<end_of_turn>', '<bos>', '\n\n', '<table>', 'New York', '<0x41>', '<', '|'], ['the', ' the', 'and', ' of', 'ing', 'tion', 'New', 'York'],
   ];
+  if (extraPool) pools.push(extraPool);
   const poolArr = pools.map(p => Array.isArray(p) ? p : Array.from(p));
-  const weights = [8, 2, 6, 3, 2, 1, 2, 1, 2, 2, 2, 2, 3];
+  const weights = [8, 2, 6, 3, 2, 1, 2, 1, 2, 2, 2, 2, 3, ...(extraPool ? [3] : [])];
   const wsum = weights.reduce((a, b) => a + b, 0);
   const rand = rng(20261204);
   const fuzz = [];
@@ -244,24 +254,51 @@ async function sentencePiece() {
     fuzz.push(s);
   }
   const corpus = fs.readFileSync(valPath, 'utf8').split('\n').filter(l => l.length > 0).slice(0, 200);
+  return { hard, specialsIn, fuzz, corpus };
+}
+
+// Writes <name>'s tokenizer.json and its golden file: reference ids (plain and with add_special_tokens), decoded texts, round trips.
+async function writeGolden(name, json, specials, goldenName, extraPool = null) {
+  const { hard, specialsIn, fuzz, corpus } = specialTexts(extraPool);
   const ids = async (t, s, special) => (await t.encode(s, null, { addSpecialTokens: special })).getIds();
-  for (const [name, { specials, json }] of Object.entries(variants)) {
-    const f = path.join(out, `synthetic-${name}.tokenizer.json`);
-    fs.writeFileSync(f, JSON.stringify(json));
-    const tok = Tokenizer.fromFile(f);
-    const texts = [...hard, ...specialsIn(specials)];
-    const g = { reference: 'huggingface tokenizers 0.23.2 (npm)', file: path.basename(f), seed: 20261204, corpusLines: corpus.length,
-      hard: texts, hardIds: [], hardSpecialIds: [], hardDecoded: [], hardDecodedKeepSpecial: [], fuzz, fuzzIds: [], fuzzRoundtrip: [], corpusIds: [], vocab: [] };
-    for (const s of texts) {
-      const plain = await ids(tok, s, false);
-      g.hardIds.push(plain.join(' ')); g.hardSpecialIds.push((await ids(tok, s, true)).join(' '));
-      g.hardDecoded.push(await tok.decode(plain, true)); g.hardDecodedKeepSpecial.push(await tok.decode(plain, false));
-    }
-    for (const s of fuzz) { const x = await ids(tok, s, false); g.fuzzIds.push(x.join(' ')); g.fuzzRoundtrip.push((await tok.decode(x, true)) === s ? 1 : 0); }
-    for (const s of corpus) g.corpusIds.push((await ids(tok, s, false)).join(' '));
-    const size = Math.max(...Object.values(json.model.vocab), ...json.added_tokens.map(a => a.id)) + 1;
-    for (let id = 0; id < size; id++) { const t = await tok.decode([id], true); if (t.includes('\ufffd')) continue; g.vocab.push([id, (await ids(tok, t, false)).join(' ')]); }
-    fs.writeFileSync(path.join(out, `golden-sp-${name}.json.gz`), zlib.gzipSync(JSON.stringify(g), { level: 9 }));
-    console.log(name, 'vocab', size, 'merges', merges.length, 'texts', texts.length, 'fuzz roundtrip', g.fuzzRoundtrip.filter(x => x).length, 'vocab rows', g.vocab.length);
+  const f = path.join(out, `synthetic-${name}.tokenizer.json`);
+  fs.writeFileSync(f, JSON.stringify(json));
+  const tok = Tokenizer.fromFile(f);
+  const texts = [...hard, ...specialsIn(specials)];
+  const g = { reference: 'huggingface tokenizers 0.23.2 (npm)', file: path.basename(f), seed: 20261204, corpusLines: corpus.length,
+    hard: texts, hardIds: [], hardSpecialIds: [], hardDecoded: [], hardDecodedKeepSpecial: [], fuzz, fuzzIds: [], fuzzRoundtrip: [], corpusIds: [], vocab: [] };
+  for (const s of texts) {
+    const plain = await ids(tok, s, false);
+    g.hardIds.push(plain.join(' ')); g.hardSpecialIds.push((await ids(tok, s, true)).join(' '));
+    g.hardDecoded.push(await tok.decode(plain, true)); g.hardDecodedKeepSpecial.push(await tok.decode(plain, false));
   }
+  for (const s of fuzz) { const x = await ids(tok, s, false); g.fuzzIds.push(x.join(' ')); g.fuzzRoundtrip.push((await tok.decode(x, true)) === s ? 1 : 0); }
+  for (const s of corpus) g.corpusIds.push((await ids(tok, s, false)).join(' '));
+  const size = Math.max(...Object.values(json.model.vocab), ...json.added_tokens.map(a => a.id)) + 1;
+  for (let id = 0; id < size; id++) { const t = await tok.decode([id], true); if (t.includes('\ufffd')) continue; g.vocab.push([id, (await ids(tok, t, false)).join(' ')]); }
+  fs.writeFileSync(path.join(out, goldenName), zlib.gzipSync(JSON.stringify(g), { level: 9 }));
+  console.log(name, 'vocab', size, 'merges', json.model.merges.length, 'texts', texts.length, 'fuzz roundtrip', g.fuzzRoundtrip.filter(x => x).length, 'vocab rows', g.vocab.length);
+}
+
+
+// ==== Byte-level chat variants: the byte-level BPE above with a chat model's added tokens and post-processor ====
+// qwen3: Qwen2's file plus <|endoftext|> <|im_start|> <|im_end|> (special) and <think> </think> (not special, as Qwen3 has them);
+// llama31: Llama-3's file plus <|start_header_id|> <|end_header_id|> <|eot_id|> and Llama-3.1's Sequence[ByteLevel, TemplateProcessing].
+// Written as synthetic-{qwen3,llama31}.tokenizer.json and golden-bl-{qwen3,llama31}.json.gz (same layout as golden-sp-*).
+async function byteLevelChat() {
+  const read = n => JSON.parse(fs.readFileSync(path.join(out, `synthetic-${n}.tokenizer.json`), 'utf8'));
+  const tok = (id, content, special = true) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: !special, special });
+  const qwen3 = read('qwen2');
+  let V = Math.max(...Object.values(qwen3.model.vocab), ...qwen3.added_tokens.map(a => a.id)) + 1;
+  qwen3.added_tokens.push(tok(V, '<|endoftext|>'), tok(V + 1, '<|im_start|>'), tok(V + 2, '<|im_end|>'),
+    { ...tok(V + 3, '<think>', false), normalized: false }, { ...tok(V + 4, '</think>', false), normalized: false });
+  const qwenSpecials = ['<|im_start|>', '<|im_end|>', '<|endoftext|>', '<think>', '</think>'];
+  await writeGolden('qwen3', qwen3, qwenSpecials, 'golden-bl-qwen3.json.gz', [...qwenSpecials, 'user\n', 'assistant\n', '<|', '|>']);
+  const llama31 = read('llama3');
+  V = Math.max(...Object.values(llama31.model.vocab), ...llama31.added_tokens.map(a => a.id)) + 1;
+  llama31.added_tokens.push(tok(V, '<|start_header_id|>'), tok(V + 1, '<|end_header_id|>'), tok(V + 2, '<|eot_id|>'));
+  llama31.post_processor = { type: 'Sequence', processors: [{ type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
+    llama31.post_processor] };
+  const llamaSpecials = ['<|begin_of_text|>', '<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>', '<|end_of_text|>'];
+  await writeGolden('llama31', llama31, llamaSpecials, 'golden-bl-llama31.json.gz', [...llamaSpecials, 'user', '\n\n', '<|', '|>']);
 }

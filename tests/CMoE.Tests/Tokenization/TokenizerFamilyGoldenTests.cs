@@ -5,8 +5,8 @@ using CMoE.Modeling.Tokenization;
 namespace CMoE.Tests.Tokenization;
 
 /// <summary>
-/// SentencePiece-style BPE with byte fallback (Llama-2, Mistral, Phi-3, Gemma, older Metaspace conversions) against Hugging
-/// Face <c>tokenizers</c> 0.23.2, the reference. Real Llama-2/Gemma files may not be vendored, so <c>Golden/generate.mjs</c>
+/// Each tokenizer family's tokenizer.json structure against Hugging Face <c>tokenizers</c> 0.23.2, the reference, first
+/// SentencePiece-style BPE with byte fallback (Llama-2, Mistral, Phi-3, Gemma, older Metaspace conversions). Real Llama-2/Gemma files may not be vendored, so <c>Golden/generate.mjs</c>
 /// (mode <c>sentencepiece</c>) trains one small BPE (1,500 merges on sotu_train plus the hard cases, a character alphabet
 /// with everything else through &lt;0xXX&gt;) and writes it in each family's tokenizer.json structure:
 /// llama2 (Prepend+Replace normalizer, no pre-tokenizer, Replace/ByteFallback/Fuse/Strip decoder, &lt;s&gt; $A),
@@ -16,11 +16,15 @@ namespace CMoE.Tests.Tokenization;
 /// tokens) and metaspace (Metaspace prepend_scheme always, split true, Metaspace decoder).
 /// Golden/golden-sp-{variant}.json.gz hold the reference ids of hard cases (also with add_special_tokens) and their decoded
 /// text, 5,000 seeded fuzz strings (astral letters and digits, emoji, CJK, "▁", fragments of special tokens), 200 sotu_val
-/// lines and every vocabulary entry decoded and re-encoded. The bar is 100% identical ids.
+/// lines and every vocabulary entry decoded and re-encoded. The same checks run on two byte-level chat variants of
+/// <see cref="ByteLevelGoldenTests"/>' BPE (mode <c>chat</c>): qwen3 (Qwen2's file with &lt;|im_start|&gt; &lt;|im_end|&gt;
+/// &lt;|endoftext|&gt; and the non-special &lt;think&gt; &lt;/think&gt;) and llama31 (Llama-3's file with the header and eot
+/// tokens and Llama-3.1's Sequence[ByteLevel, TemplateProcessing] post-processor). The bar is 100% identical ids.
 /// </summary>
-public sealed class SentencePieceGoldenTests
+public sealed class TokenizerFamilyGoldenTests
 {
-    private static readonly string[] Names = ["llama2", "mistral", "phi3", "gemma", "metaspace"];
+    // "sp-x": SentencePiece-style variant x; "bl-x": byte-level chat variant x (Golden/golden-{sp|bl}-x.json.gz, synthetic-x.tokenizer.json).
+    private static readonly string[] Names = ["sp-llama2", "sp-mistral", "sp-phi3", "sp-gemma", "sp-metaspace", "bl-qwen3", "bl-llama31"];
 
     public static TheoryData<string> Variants => new(Names);
 
@@ -31,13 +35,13 @@ public sealed class SentencePieceGoldenTests
     private static TextTokenizer Load(string variant)
     {
         using var dir = new TempFolder();
-        File.Copy(GoldenPath($"synthetic-{variant}.tokenizer.json"), Path.Combine(dir.Path, "tokenizer.json"));
+        File.Copy(GoldenPath($"synthetic-{variant[3..]}.tokenizer.json"), Path.Combine(dir.Path, "tokenizer.json"));
         return TokenizerLoader.FromFolder(dir.Path, TokenizerFile.TokenizerJson);
     }
 
     private static JsonDocument ReadGolden(string variant)
     {
-        using var gz = new GZipStream(File.OpenRead(GoldenPath($"golden-sp-{variant}.json.gz")), CompressionMode.Decompress);
+        using var gz = new GZipStream(File.OpenRead(GoldenPath($"golden-{variant}.json.gz")), CompressionMode.Decompress);
         return JsonDocument.Parse(gz);
     }
 
