@@ -16,15 +16,16 @@ namespace CMoE.Tests.Tokenization;
 /// tokens) and metaspace (Metaspace prepend_scheme always, split true, Metaspace decoder).
 /// Golden/golden-sp-{variant}.json.gz hold the reference ids of hard cases (also with add_special_tokens) and their decoded
 /// text, 5,000 seeded fuzz strings (astral letters and digits, emoji, CJK, "▁", fragments of special tokens), 200 sotu_val
-/// lines and every vocabulary entry decoded and re-encoded. The same checks run on two byte-level chat variants of
+/// lines and every vocabulary entry decoded and re-encoded. The same checks run on three byte-level chat variants of
 /// <see cref="ByteLevelGoldenTests"/>' BPE (mode <c>chat</c>): qwen3 (Qwen2's file with &lt;|im_start|&gt; &lt;|im_end|&gt;
 /// &lt;|endoftext|&gt; and the non-special &lt;think&gt; &lt;/think&gt;) and llama31 (Llama-3's file with the header and eot
-/// tokens and Llama-3.1's Sequence[ByteLevel, TemplateProcessing] post-processor). The bar is 100% identical ids.
+/// tokens and Llama-3.1's Sequence[ByteLevel, TemplateProcessing] post-processor) and smollm (GPT-2's file with SmolLM's
+/// Digits + ByteLevel pre-tokenizer and chat tokens). The bar is 100% identical ids.
 /// </summary>
 public sealed class TokenizerFamilyGoldenTests
 {
     // "sp-x": SentencePiece-style variant x; "bl-x": byte-level chat variant x (Golden/golden-{sp|bl}-x.json.gz, synthetic-x.tokenizer.json).
-    private static readonly string[] Names = ["sp-llama2", "sp-mistral", "sp-phi3", "sp-gemma", "sp-metaspace", "bl-qwen3", "bl-llama31"];
+    private static readonly string[] Names = ["sp-llama2", "sp-mistral", "sp-phi3", "sp-gemma", "sp-metaspace", "bl-qwen3", "bl-llama31", "bl-smollm"];
 
     public static TheoryData<string> Variants => new(Names);
 

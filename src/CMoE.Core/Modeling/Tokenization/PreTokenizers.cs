@@ -7,7 +7,7 @@ namespace CMoE.Modeling.Tokenization;
 /// <summary>
 /// A tokenizer.json <c>pre_tokenizer</c>: splits each normalized piece into the words the model sees (Hugging Face
 /// semantics; empty words are dropped). <c>ByteLevel</c> (optional prefix space, GPT-2 regex, bytes as characters),
-/// <c>Split</c> (a string or a code-point regex, any split behaviour), <c>Metaspace</c> (" " to "▁", the dummy prefix by
+/// <c>Split</c> (a string or a code-point regex, any split behaviour), <c>Digits</c> (SmolLM), <c>Metaspace</c> (" " to "▁", the dummy prefix by
 /// prepend_scheme, optional split before each "▁") and <c>Sequence</c>.
 /// </summary>
 internal abstract class PreTokenizer
@@ -41,6 +41,8 @@ internal abstract class PreTokenizer
                     _ => throw HfJson.Unsupported(path, "pre_tokenizer", $"Split behavior '{behavior}'"),
                 };
                 return new SplitPreTokenizer(literal, regex, b);
+            case "Digits":
+                return new DigitsPreTokenizer(HfJson.Bool(e, "individual_digits"));
             case "Metaspace":
                 string r = HfJson.String(e, "replacement") ?? "▁";
                 string scheme = HfJson.String(e, "prepend_scheme") ?? (HfJson.Bool(e, "add_prefix_space", absent: true) ? "always" : "never");
@@ -147,6 +149,27 @@ internal sealed class SplitPreTokenizer(string? literal, Regex? regex, SplitBeha
         }
         foreach (var (s, e) in ranges)
             if (e > s) words.Add(piece.Slice(s, e));
+    }
+}
+
+/// <summary>HF <c>Digits</c>: numeric characters (Rust <c>char::is_numeric</c>: Nd, Nl, No) isolated one by one, or in runs.</summary>
+internal sealed class DigitsPreTokenizer(bool individualDigits) : PreTokenizer
+{
+    public override void Split(NormalizedText piece, List<NormalizedText> words)
+    {
+        string t = piece.Text;
+        var matches = new List<(int Start, int End)>();
+        for (int i = 0; i < t.Length;)
+        {
+            Rune.DecodeFromUtf16(t.AsSpan(i), out Rune r, out int n);
+            if (Rune.IsNumber(r))
+            {
+                if (!individualDigits && matches.Count > 0 && matches[^1].End == i) matches[^1] = (matches[^1].Start, i + n);
+                else matches.Add((i, i + n));
+            }
+            i += n;
+        }
+        SplitPreTokenizer.SplitOn(piece, matches, SplitBehavior.Isolated, words);
     }
 }
 

@@ -283,8 +283,9 @@ async function writeGolden(name, json, specials, goldenName, extraPool = null) {
 
 // ==== Byte-level chat variants: the byte-level BPE above with a chat model's added tokens and post-processor ====
 // qwen3: Qwen2's file plus <|endoftext|> <|im_start|> <|im_end|> (special) and <think> </think> (not special, as Qwen3 has them);
-// llama31: Llama-3's file plus <|start_header_id|> <|end_header_id|> <|eot_id|> and Llama-3.1's Sequence[ByteLevel, TemplateProcessing].
-// Written as synthetic-{qwen3,llama31}.tokenizer.json and golden-bl-{qwen3,llama31}.json.gz (same layout as golden-sp-*).
+// llama31: Llama-3's file plus <|start_header_id|> <|end_header_id|> <|eot_id|> and Llama-3.1's Sequence[ByteLevel, TemplateProcessing];
+// smollm: GPT-2's file with SmolLM's Digits + ByteLevel pre-tokenizer and its chat tokens.
+// Written as synthetic-{qwen3,llama31,smollm}.tokenizer.json and golden-bl-{qwen3,llama31,smollm}.json.gz (same layout as golden-sp-*).
 async function byteLevelChat() {
   const read = n => JSON.parse(fs.readFileSync(path.join(out, `synthetic-${n}.tokenizer.json`), 'utf8'));
   const tok = (id, content, special = true) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: !special, special });
@@ -301,4 +302,12 @@ async function byteLevelChat() {
     llama31.post_processor] };
   const llamaSpecials = ['<|begin_of_text|>', '<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>', '<|end_of_text|>'];
   await writeGolden('llama31', llama31, llamaSpecials, 'golden-bl-llama31.json.gz', [...llamaSpecials, 'user', '\n\n', '<|', '|>']);
+  // smollm: GPT-2's file with SmolLM's Sequence[Digits(individual_digits), ByteLevel(use_regex)] and its chat tokens.
+  const smollm = read('gpt2');
+  V = Math.max(...Object.values(smollm.model.vocab), ...smollm.added_tokens.map(a => a.id)) + 1;
+  smollm.added_tokens.push(tok(V, '<|endoftext|>'), tok(V + 1, '<|im_start|>'), tok(V + 2, '<|im_end|>'));
+  smollm.pre_tokenizer = { type: 'Sequence', pretokenizers: [{ type: 'Digits', individual_digits: true },
+    { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true }] };
+  const smolSpecials = ['<|im_start|>', '<|im_end|>', '<|endoftext|>'];
+  await writeGolden('smollm', smollm, smolSpecials, 'golden-bl-smollm.json.gz', [...smolSpecials, '٣', 'Ⅻ', '½', '²', '123', '<|']);
 }
