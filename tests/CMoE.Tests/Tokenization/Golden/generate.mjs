@@ -3,7 +3,7 @@
 //   cd /tmp/hf && npm install tokenizers@0.23.2
 //   node <repo>/tests/CMoE.Tests/Tokenization/Golden/generate.mjs <repo> <repo>/../shared/data/eval/sotu_train.txt <repo>/../shared/data/eval/sotu_val.txt [all|bytelevel|sentencepiece]
 // (run it from /tmp/hf, where node_modules/tokenizers is). Deterministic: the same inputs give byte-identical outputs.
-// bytelevel: writes golden.json (then gzip -9n it to golden.json.gz) and synthetic-{llama3,qwen2,gpt2}.tokenizer.json: one small
+// bytelevel: writes golden-bytelevel-{llama3,qwen2,gpt2}.json.gz and synthetic-{llama3,qwen2,gpt2}.tokenizer.json: one small
 //   byte-level BPE trained here, in three pre-tokenizer variants (Llama-3 with ignore_merges, Qwen2 with NFC, GPT-2) and the
 //   reference ids from Hugging Face tokenizers.
 // sentencepiece: writes synthetic-{llama2,mistral,phi3,gemma,metaspace}.tokenizer.json (one small SentencePiece-style BPE with
@@ -123,9 +123,10 @@ for (const [name, json] of Object.entries(variants)) {
     g.vocab.push([id, (await enc(tok, t)).join(' ')]); }
   g.withBos = (await tok.encode('Hello world', null, { addSpecialTokens: true })).getIds();
   golden.tokenizers[name] = g;
+  fs.writeFileSync(path.join(out, `golden-bytelevel-${name}.json.gz`),
+    zlib.gzipSync(JSON.stringify({ ...golden, tokenizers: undefined, tokenizer: g }), { level: 9 }));
   console.log(name, 'vocab', V, 'merges', merges.length, 'fuzz', g.fuzz.length, 'roundtrip', g.fuzzRoundtrip.filter(x => x).length, 'vocab rows', g.vocab.length);
 }
-fs.writeFileSync(path.join(out, 'golden.json'), JSON.stringify(golden));
 }
 
 // ==== SentencePiece-style BPE (Llama-2, Mistral, Phi-3, Gemma, Metaspace) ====
