@@ -84,6 +84,13 @@ public sealed class SentencePieceBehaviourTests
         ((HfTokenizer)ms.Inner).Decode([mv["<s>"], mv["▁a"], mv["▁a"]], considerSpecialTokens: true).Should().Be("<s> a a");
     }
 
+    [Fact]
+    public void StripDecoder_StopStripsTheEnd_AndAnEmptyTokenStaysEmpty()
+    {
+        // (HF tokenizers 0.23.2 panics on an empty token with stop > 0, strip.rs:47; we return it empty.)
+        new StripDecoder(' ', 1, 1).DecodeChain(["  a  ", "", " "]).Should().Equal(" a ", "", "");
+    }
+
     [Theory]
     [InlineData("normalizer", """{"type": "BertNormalizer"}""", "normalizer 'BertNormalizer' is not supported")]
     [InlineData("pre_tokenizer", """{"type": "Whitespace"}""", "pre_tokenizer 'Whitespace' is not supported")]

@@ -13,7 +13,8 @@ namespace CMoE.Tests.Tokenization;
 /// mistral (Metaspace prepend_scheme first, split false; [INST] control tokens), phi3 (legacy layout, rstrip chat tokens,
 /// plus an lstrip+rstrip special and a single_word added token; BOS and EOS in the template), gemma (Replace-only normalizer,
 /// Split " " MergedWithPrevious, no Strip, fuse_unk with a few byte tokens left out, non-special and normalized added
-/// tokens) and metaspace (Metaspace prepend_scheme always, split true, Metaspace decoder).
+/// tokens), metaspace (Metaspace prepend_scheme always, split true, Metaspace decoder) and misc (component coverage:
+/// NFKC and a regex Replace, Digits runs, Split MergedWithNext/MergedWithPrevious/Removed, BOS+EOS in a Sequence post-processor).
 /// Golden/golden-sp-{variant}.json.gz hold the reference ids of hard cases (also with add_special_tokens) and their decoded
 /// text, 5,000 seeded fuzz strings (astral letters and digits, emoji, CJK, "▁", fragments of special tokens), 200 sotu_val
 /// lines and every vocabulary entry decoded and re-encoded. The same checks run on three byte-level chat variants of
@@ -25,7 +26,7 @@ namespace CMoE.Tests.Tokenization;
 public sealed class TokenizerFamilyGoldenTests
 {
     // "sp-x": SentencePiece-style variant x; "bl-x": byte-level chat variant x (Golden/golden-{sp|bl}-x.json.gz, synthetic-x.tokenizer.json).
-    private static readonly string[] Names = ["sp-llama2", "sp-mistral", "sp-phi3", "sp-gemma", "sp-metaspace", "bl-qwen3", "bl-llama31", "bl-smollm"];
+    private static readonly string[] Names = ["sp-llama2", "sp-mistral", "sp-phi3", "sp-gemma", "sp-metaspace", "sp-misc", "bl-qwen3", "bl-llama31", "bl-smollm"];
 
     public static TheoryData<string> Variants => new(Names);
 

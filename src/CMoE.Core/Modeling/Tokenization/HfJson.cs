@@ -52,7 +52,7 @@ internal static class HfJson
 
     /// <summary>A component type or setting we do not implement: names it and the way out.</summary>
     public static CMoEFormatException Unsupported(string path, string section, string what) =>
-        new($"{path}: the {section} '{what}' is not supported (read: BPE models; normalizers NFC/NFD/NFKC/NFKD, Lowercase, " +
+        new($"{path}: the {section} '{what}' is not supported (read: BPE models; normalizers NFC/NFD/NFKC/NFKD, " +
             "Prepend, Replace, Sequence; pre-tokenizers ByteLevel, Split, Digits, Metaspace, Sequence; post-processors TemplateProcessing, " +
             "ByteLevel, Sequence; decoders ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip, Sequence). Load the folder's " +
             "tokenizer.model instead (TokenizerFile.SentencePieceModel), or open an issue naming the model.");

@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
@@ -7,12 +6,13 @@ namespace CMoE.Modeling.Tokenization;
 
 /// <summary>
 /// A tokenizer.json <c>normalizer</c>, run on each piece of text between added tokens (Hugging Face semantics):
-/// <c>NFC</c>/<c>NFD</c>/<c>NFKC</c>/<c>NFKD</c>, <c>Lowercase</c>, <c>Prepend</c> (in front of a non-empty piece; Llama-2's
+/// <c>NFC</c>/<c>NFD</c>/<c>NFKC</c>/<c>NFKD</c>, <c>Prepend</c> (in front of a non-empty piece; Llama-2's
 /// dummy prefix "▁"), <c>Replace</c> (a string or a regex; Llama-2 and Gemma turn " " into "▁") and <c>Sequence</c>.
 /// </summary>
 internal abstract class TextNormalizer
 {
     /// <summary>The normalized piece.</summary>
+    /// <remarks>(Lowercase is not offered: Rust's <c>to_lowercase</c> uses full case mapping and Final_Sigma, .NET's does not.)</remarks>
     public abstract NormalizedText Apply(NormalizedText text);
 
     /// <summary>The normalized form of a plain string (a normalized added token's content is matched in that form).</summary>
@@ -33,7 +33,6 @@ internal abstract class TextNormalizer
             case "NFD": return new UnicodeNormalizer(NormalizationForm.FormD);
             case "NFKC": return new UnicodeNormalizer(NormalizationForm.FormKC);
             case "NFKD": return new UnicodeNormalizer(NormalizationForm.FormKD);
-            case "Lowercase": return new LowercaseNormalizer();
             case "Prepend":
                 return new PrependNormalizer(HfJson.String(e, "prepend") ?? throw HfJson.Unsupported(path, "normalizer", "Prepend without \"prepend\""));
             case "Replace":
@@ -59,12 +58,6 @@ internal sealed class SequenceNormalizer(IReadOnlyList<TextNormalizer> items) : 
 internal sealed class UnicodeNormalizer(NormalizationForm form) : TextNormalizer
 {
     public override NormalizedText Apply(NormalizedText text) => text.Transform(text.Text.Normalize(form));
-}
-
-/// <summary>Unicode lowercasing (culture-invariant, as Rust's <c>to_lowercase</c>).</summary>
-internal sealed class LowercaseNormalizer : TextNormalizer
-{
-    public override NormalizedText Apply(NormalizedText text) => text.Transform(text.Text.ToLower(CultureInfo.InvariantCulture));
 }
 
 /// <summary>HF <c>Prepend</c>: the string in front of a non-empty piece.</summary>

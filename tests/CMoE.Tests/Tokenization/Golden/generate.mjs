@@ -216,6 +216,17 @@ async function sentencePiece() {
     variants.metaspace = { specials: ['<s>', '</s>'], json: file([spAdded(0, '<unk>'), spAdded(1, '<s>'), spAdded(2, '</s>')],
       null, ms, template('<s>', 1), ms, spModel(v, '<unk>', true)) };
   }
+  { // Component coverage beyond the families (synthetic): NFKC and a regex Replace in the normalizer, Digits runs, Split with
+    // MergedWithNext / MergedWithPrevious / Removed, BOS and EOS inside a Sequence post-processor. (Strip with stop > 0 is left
+    // out: tokenizers 0.23.2 panics on it when the decoded text is empty, strip.rs:47.)
+    const v = buildVocab(['<unk>', '<s>', '</s>']);
+    variants.misc = { specials: ['<s>', '</s>'], json: file([spAdded(0, '<unk>'), spAdded(1, '<s>'), spAdded(2, '</s>')],
+      { type: 'Sequence', normalizers: [{ type: 'NFKC' }, { type: 'Replace', pattern: { Regex: ' {2,}' }, content: ' ' }, ...legacyNormalizer.normalizers] },
+      { type: 'Sequence', pretokenizers: [{ type: 'Digits', individual_digits: false }, { type: 'Split', pattern: { String: M }, behavior: 'MergedWithNext', invert: false },
+        { type: 'Split', pattern: { Regex: '[.,!?]' }, behavior: 'MergedWithPrevious', invert: false }, { type: 'Split', pattern: { String: '-' }, behavior: 'Removed', invert: false }] },
+      { type: 'Sequence', processors: [template('<s>', 1, '</s>', 2)] },
+      spDecoder(true), spModel(v, '<unk>', true)) };
+  }
 
   for (const [name, { specials, json }] of Object.entries(variants)) await writeGolden(name, json, specials, `golden-sp-${name}.json.gz`);
 }
