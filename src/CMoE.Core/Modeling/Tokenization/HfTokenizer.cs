@@ -10,6 +10,8 @@ namespace CMoE.Modeling.Tokenization;
 /// (<see cref="PreTokenizer"/>), each word through the BPE model (<see cref="BpeModel"/>). Decoding maps ids to token
 /// strings and runs the <see cref="TokenDecoder"/> chain. The post-processor's template (<see cref="PostTemplate"/>) is
 /// not applied here; <see cref="TextTokenizer"/> adds BOS/EOS. Every family is this one class with other components.
+/// The whole pipeline always runs: Microsoft.ML's considerNormalization / considerPreTokenization flags are not read
+/// (skipping a step would give ids the model was not trained on).
 /// </summary>
 internal sealed class HfTokenizer : Tokenizer
 {

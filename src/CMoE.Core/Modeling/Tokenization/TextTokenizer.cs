@@ -50,8 +50,10 @@ public sealed class TextTokenizer
     public int VocabSize { get; }
 
     /// <summary>
-    /// Encodes <paramref name="text"/> as one document: SentencePiece's dummy-prefix space is added once, at the
-    /// start, and the whole text is encoded (no length limit).
+    /// Encodes <paramref name="text"/> as one document, the whole text at once (no length limit), as the tokenizer file
+    /// says: special and added tokens written in the text become their ids; SentencePiece's dummy-prefix "▁" goes where the
+    /// file puts it (tokenizer.model and Metaspace "first": at the start; legacy Prepend normalizers: also after each added
+    /// token). With <c>addEos: AddEosToken</c> the ids are Hugging Face's <c>encode(text, add_special_tokens=True)</c>.
     /// </summary>
     /// <param name="text">The text.</param>
     /// <param name="addBos">Put <see cref="BosId"/> first, when the model has a BOS and <see cref="AddBosToken"/> is true.</param>
