@@ -286,10 +286,15 @@ async function writeGolden(name, json, specials, goldenName, extraPool = null) {
   }
   for (const s of fuzz) { const x = await ids(tok, s, false); g.fuzzIds.push(x.join(' ')); g.fuzzRoundtrip.push((await tok.decode(x, true)) === s ? 1 : 0); }
   for (const s of corpus) g.corpusIds.push((await ids(tok, s, false)).join(' '));
-  // Whole paragraphs (40 sotu_val lines each, with their newlines and a blank line between), encoded as one text.
-  const lines = fs.readFileSync(valPath, 'utf8').split('\n');
+  // Whole passages (sotu_val's 15 lines are long): 8 cuts of 4,000 chars spread over the file, two of them around a line
+  // break, with a blank line and leading spaces added, each encoded as one text.
+  const val = fs.readFileSync(valPath, 'utf8');
   g.paragraphs = []; g.paragraphIds = [];
-  for (let k = 0; k < 8; k++) { const p = lines.slice(300 + 40 * k, 340 + 40 * k).join('\n') + '\n\n'; g.paragraphs.push(p); g.paragraphIds.push((await ids(tok, p, true)).join(' ')); }
+  for (let k = 0; k < 8; k++) {
+    const at = k < 2 ? Math.max(0, val.indexOf('\n', 1000 + 100000 * k) - 2000) : Math.floor(k * val.length / 8);
+    const p = '  ' + val.slice(at, at + 4000) + '\n\n' + val.slice(at + 4000, at + 4500);
+    g.paragraphs.push(p); g.paragraphIds.push((await ids(tok, p, true)).join(' '));
+  }
   const size = Math.max(...Object.values(json.model.vocab), ...json.added_tokens.map(a => a.id)) + 1;
   for (let id = 0; id < size; id++) { const t = await tok.decode([id], true); if (t.includes('\ufffd')) continue; g.vocab.push([id, (await ids(tok, t, false)).join(' ')]); }
   fs.writeFileSync(path.join(out, goldenName), zlib.gzipSync(JSON.stringify(g), { level: 9 }));
