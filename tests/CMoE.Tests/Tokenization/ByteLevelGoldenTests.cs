@@ -11,7 +11,7 @@ namespace CMoE.Tests.Tokenization;
 /// produces, as in Llama-3's vocabulary) and writes it in three variants: Llama-3 (its split regex, ignore_merges,
 /// a BOS template), Qwen2 (its regex, one digit per word, NFC) and GPT-2 (ByteLevel's own regex). The reference ids of
 /// hard cases, 5,000 seeded fuzz strings (astral letters/digits, emoji, CJK, Vietnamese, Turkish, contractions,
-/// mixed whitespace), 200 sotu_val lines and every vocabulary entry decoded and re-encoded are in
+/// mixed whitespace), the 15 sotu_val lines (whole speeches, ~36k chars each) and every vocabulary entry decoded and re-encoded are in
 /// Golden/golden-bytelevel-{variant}.json.gz.
 /// The bar is 100% identical ids.
 /// </summary>

@@ -16,8 +16,8 @@ namespace CMoE.Tests.Tokenization;
 /// tokens), metaspace (Metaspace prepend_scheme always, split true, Metaspace decoder) and misc (component coverage:
 /// NFKC and a regex Replace, Digits runs, Split MergedWithNext/MergedWithPrevious/Removed, BOS+EOS in a Sequence post-processor).
 /// Golden/golden-sp-{variant}.json.gz hold the reference ids of hard cases (also with add_special_tokens) and their decoded
-/// text, 5,000 seeded fuzz strings (astral letters and digits, emoji, CJK, "▁", fragments of special tokens), 200 sotu_val
-/// lines, 8 passages of 4,500 chars with line breaks (with add_special_tokens) and every vocabulary entry decoded and re-encoded.
+/// text, 5,000 seeded fuzz strings (astral letters and digits, emoji, CJK, "▁", fragments of special tokens), the sotu_val
+/// lines (all 15: whole speeches, ~36k chars each), 8 passages of 4,500 chars with line breaks (with add_special_tokens) and every vocabulary entry decoded and re-encoded.
 /// The same checks run on three byte-level chat variants of
 /// <see cref="ByteLevelGoldenTests"/>' BPE (mode <c>chat</c>): qwen3 (Qwen2's file with &lt;|im_start|&gt; &lt;|im_end|&gt;
 /// &lt;|endoftext|&gt; and the non-special &lt;think&gt; &lt;/think&gt;) and llama31 (Llama-3's file with the header and eot
