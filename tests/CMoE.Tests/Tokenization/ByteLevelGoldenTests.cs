@@ -11,16 +11,18 @@ namespace CMoE.Tests.Tokenization;
 /// produces, as in Llama-3's vocabulary) and writes it in three variants: Llama-3 (its split regex, ignore_merges,
 /// a BOS template), Qwen2 (its regex, one digit per word, NFC) and GPT-2 (ByteLevel's own regex). The reference ids of
 /// hard cases, 5,000 seeded fuzz strings (astral letters/digits, emoji, CJK, Vietnamese, Turkish, contractions,
-/// mixed whitespace), 200 sotu_val lines and every vocabulary entry decoded and re-encoded are in Golden/golden.json.gz.
+/// mixed whitespace), the 15 sotu_val lines (whole speeches, ~36k chars each) and every vocabulary entry decoded and re-encoded are in
+/// Golden/golden-bytelevel-{variant}.json.gz.
 /// The bar is 100% identical ids.
 /// </summary>
 public sealed class ByteLevelGoldenTests
 {
-    private static readonly Lazy<JsonDocument> Golden = new(() =>
-    {
-        using var gz = new GZipStream(File.OpenRead(GoldenPath("golden.json.gz")), CompressionMode.Decompress);
-        return JsonDocument.Parse(gz);
-    });
+    private static readonly Dictionary<string, Lazy<JsonDocument>> Goldens = new[] { "llama3", "qwen2", "gpt2" }
+        .ToDictionary(n => n, n => new Lazy<JsonDocument>(() =>
+        {
+            using var gz = new GZipStream(File.OpenRead(GoldenPath($"golden-bytelevel-{n}.json.gz")), CompressionMode.Decompress);
+            return JsonDocument.Parse(gz);
+        }));
 
     private static readonly Dictionary<string, Lazy<TextTokenizer>> Tokenizers = new[] { "llama3", "qwen2", "gpt2" }
         .ToDictionary(n => n, n => new Lazy<TextTokenizer>(() => Load(n)));
@@ -36,7 +38,10 @@ public sealed class ByteLevelGoldenTests
         return TokenizerLoader.FromFolder(dir.Path, TokenizerFile.TokenizerJson);
     }
 
-    private static JsonElement Reference(string variant) => Golden.Value.RootElement.GetProperty("tokenizers").GetProperty(variant);
+    /// <summary>The variant's golden file: the shared texts (hard, fuzz, corpusLines) and its reference ids ("tokenizer").</summary>
+    private static JsonElement Root(string variant) => Goldens[variant].Value.RootElement;
+
+    private static JsonElement Reference(string variant) => Root(variant).GetProperty("tokenizer");
 
     private static int[] Ids(string spaced) => spaced.Length == 0 ? [] : spaced.Split(' ').Select(int.Parse).ToArray();
 
@@ -66,7 +71,7 @@ public sealed class ByteLevelGoldenTests
     [MemberData(nameof(Variants))]
     public void HardCases_MatchReference(string variant)
     {
-        var root = Golden.Value.RootElement;
+        var root = Root(variant);
         var r = Reference(variant);
         var bad = Compare(Tokenizers[variant].Value, root.GetProperty("hard"), r.GetProperty("hard"), r.GetProperty("hardRoundtrip"));
         bad.Should().BeEmpty();
@@ -76,7 +81,7 @@ public sealed class ByteLevelGoldenTests
     [MemberData(nameof(Variants))]
     public void FuzzStrings_AllIdsMatchReference(string variant)
     {
-        var root = Golden.Value.RootElement;
+        var root = Root(variant);
         var r = Reference(variant);
         root.GetProperty("fuzz").GetArrayLength().Should().Be(5000);
         var bad = Compare(Tokenizers[variant].Value, root.GetProperty("fuzz"), r.GetProperty("fuzz"), r.GetProperty("fuzzRoundtrip"));
@@ -106,7 +111,7 @@ public sealed class ByteLevelGoldenTests
     [MemberData(nameof(Variants))]
     public void SotuValLines_MatchReference(string variant)
     {
-        int count = Golden.Value.RootElement.GetProperty("corpusLines").GetInt32();
+        int count = Root(variant).GetProperty("corpusLines").GetInt32();
         var lines = File.ReadAllText(TestPaths.InShared("data", "eval", "sotu_val.txt"), System.Text.Encoding.UTF8)
             .Split('\n').Where(l => l.Length > 0).Take(count).ToArray();
         var texts = JsonSerializer.SerializeToElement(lines);
@@ -118,7 +123,7 @@ public sealed class ByteLevelGoldenTests
     public void Llama3_IgnoreMerges_WholeWordEntryWins_AndTemplateAddsBos()
     {
         var tok = Tokenizers["llama3"].Value;
-        var root = Golden.Value.RootElement;
+        var root = Root("llama3");
         var hard = root.GetProperty("hard").EnumerateArray().Select(h => h.GetString()).ToList();
         var reference = Reference("llama3");
         // " İstanbul" and "😀😃" are vocabulary entries that no merge sequence builds: only ignore_merges finds them

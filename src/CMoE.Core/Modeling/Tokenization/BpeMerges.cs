@@ -1,8 +1,8 @@
 namespace CMoE.Modeling.Tokenization;
 
 /// <summary>
-/// The BPE merge loop both tokenizer.json BPE readers share (<see cref="ByteLevelBpeTokenizer"/>,
-/// <see cref="MetaspaceBpeTokenizer"/>): the word's symbols as a doubly linked list, the adjacent pair with the lowest merge rank
+/// The BPE merge loop of <see cref="BpeModel"/> (tokenizer.json BPE, byte-level and SentencePiece-style alike):
+/// the word's symbols as a doubly linked list, the adjacent pair with the lowest merge rank
 /// merged first (leftmost among equal ranks), as Hugging Face tokenizers' BPE model does.
 /// </summary>
 internal static class BpeMerges

@@ -8,8 +8,9 @@ namespace CMoE.Modeling.Tokenization;
 /// </summary>
 public sealed class TextTokenizer
 {
-    internal TextTokenizer(Tokenizer inner, string source, int? bosId, int? eosId, bool addBosToken, int vocabSize)
+    internal TextTokenizer(Tokenizer inner, string source, int? bosId, int? eosId, bool addBosToken, int vocabSize, bool addEosToken = false)
     {
+        AddEosToken = addEosToken && eosId is not null;
         Inner = inner;
         Source = source;
         BosId = bosId;
@@ -38,12 +39,21 @@ public sealed class TextTokenizer
     /// </summary>
     public bool AddBosToken { get; }
 
+    /// <summary>
+    /// Whether the model's own encoding puts an EOS after a text (tokenizer_config.json <c>add_eos_token</c>; without it,
+    /// for <c>tokenizer.json</c>, whether its post-processor template ends with one). Hugging Face's
+    /// <c>encode(text, add_special_tokens=True)</c> is <c>Encode(text, addBos: true, addEos: AddEosToken)</c>.
+    /// </summary>
+    public bool AddEosToken { get; }
+
     /// <summary>Number of token ids (one past the largest id); the size of the model's embedding rows it needs.</summary>
     public int VocabSize { get; }
 
     /// <summary>
-    /// Encodes <paramref name="text"/> as one document: SentencePiece's dummy-prefix space is added once, at the
-    /// start, and the whole text is encoded (no length limit).
+    /// Encodes <paramref name="text"/> as one document, the whole text at once (no length limit), as the tokenizer file
+    /// says: special and added tokens written in the text become their ids; SentencePiece's dummy-prefix "▁" goes where the
+    /// file puts it (tokenizer.model and Metaspace "first": at the start; legacy Prepend normalizers: also after each added
+    /// token). With <c>addEos: AddEosToken</c> the ids are Hugging Face's <c>encode(text, add_special_tokens=True)</c>.
     /// </summary>
     /// <param name="text">The text.</param>
     /// <param name="addBos">Put <see cref="BosId"/> first, when the model has a BOS and <see cref="AddBosToken"/> is true.</param>
@@ -72,8 +82,8 @@ public sealed class TextTokenizer
         return Inner switch
         {
             BpeTokenizer bpe => bpe.Decode(ids, considerSpecialTokens: false),
-            ByteLevelBpeTokenizer byteLevel => byteLevel.Decode(ids, considerSpecialTokens: false),
-            _ => Inner.Decode(ids), // LlamaTokenizer and MetaspaceBpeTokenizer leave special tokens out by default
+            HfTokenizer hf => hf.Decode(ids, considerSpecialTokens: false),
+            _ => Inner.Decode(ids), // LlamaTokenizer leaves special tokens out by default
         } ?? string.Empty;
     }
 }

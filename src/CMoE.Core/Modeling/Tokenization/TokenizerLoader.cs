@@ -11,7 +11,7 @@ public static class TokenizerLoader
 
     /// <summary>
     /// Loads the tokenizer of <paramref name="folder"/>. BOS/EOS come from <c>tokenizer_config.json</c>
-    /// (<c>bos_token</c>, <c>eos_token</c>, <c>add_bos_token</c>), else from <c>config.json</c> /
+    /// (<c>bos_token</c>, <c>eos_token</c>, <c>add_bos_token</c>, <c>add_eos_token</c>), else from <c>config.json</c> /
     /// <c>generation_config.json</c> (<c>bos_token_id</c>, <c>eos_token_id</c>), else from the tokenizer file.
     /// </summary>
     /// <param name="folder">The model folder.</param>
@@ -64,7 +64,7 @@ public static class TokenizerLoader
         int? bos = Resolve(config.Bos, config.BosIdFromModelConfig, vocab, path, "bos_token") ?? tokenizer.BeginningOfSentenceId;
         int? eos = Resolve(config.Eos, config.EosIdFromModelConfig, vocab, path, "eos_token") ?? tokenizer.EndOfSentenceId;
         bool addBos = config.AddBosToken ?? true;
-        return new TextTokenizer(tokenizer, SentencePieceFileName, bos, eos, addBos, vocab.Count == 0 ? 0 : vocab.Values.Max() + 1);
+        return new TextTokenizer(tokenizer, SentencePieceFileName, bos, eos, addBos, vocab.Count == 0 ? 0 : vocab.Values.Max() + 1, config.AddEosToken ?? false);
     }
 
     private static LlamaTokenizer CreateLlama(string path, IReadOnlyDictionary<string, int>? specials)
@@ -86,12 +86,26 @@ public static class TokenizerLoader
     private static TextTokenizer LoadJson(string path, TokenizerConfig config)
     {
         var result = HfTokenizerJson.Load(path);
-        int? templateBos = result.TemplateBos is { } t && result.Vocabulary.TryGetValue(t, out int tb) ? tb : null;
+        int? templateBos = Single(result.Template.Prefix, path, "before");
+        int? templateEos = Single(result.Template.Suffix, path, "after");
         int? bos = Resolve(config.Bos, config.BosIdFromModelConfig, result.Vocabulary, path, "bos_token") ?? templateBos;
-        int? eos = Resolve(config.Eos, config.EosIdFromModelConfig, result.Vocabulary, path, "eos_token");
+        int? eos = Resolve(config.Eos, config.EosIdFromModelConfig, result.Vocabulary, path, "eos_token") ?? templateEos;
+        // As transformers' LlamaTokenizerFast/GemmaTokenizerFast: add_bos_token/add_eos_token in tokenizer_config.json
+        // rebuild the template; without them, the file's post-processor decides.
         bool addBos = config.AddBosToken ?? templateBos is not null;
-        return new TextTokenizer(result.Tokenizer, JsonFileName, bos, eos, addBos, result.VocabSize);
+        bool addEos = config.AddEosToken ?? templateEos is not null;
+        return new TextTokenizer(result.Tokenizer, JsonFileName, bos, eos, addBos, result.VocabSize, addEos);
     }
+
+    /// <summary>The one id a template puts before/after the text, or null; more than one is not supported.</summary>
+    private static int? Single(IReadOnlyList<int> ids, string path, string where) => ids.Count switch
+    {
+        0 => null,
+        1 => ids[0],
+        _ => throw new CMoEFormatException(
+            $"{path}: the post_processor template puts {ids.Count} special tokens {where} the text ([{string.Join(", ", ids)}]); " +
+            "only one BOS before and one EOS after are supported. Edit the \"single\" template of tokenizer.json, or open an issue naming the model."),
+    };
 
     /// <summary>tokenizer_config.json's token, else the model config's id; explicit null in tokenizer_config means none.</summary>
     private static int? Resolve(ConfigToken token, int? fromModelConfig, IReadOnlyDictionary<string, int> vocab, string tokenizerPath, string key)
@@ -109,12 +123,12 @@ public static class TokenizerLoader
     private readonly record struct ConfigToken(string? Token, bool ExplicitNull);
 
     /// <summary>The BOS/EOS facts of tokenizer_config.json, config.json and generation_config.json.</summary>
-    private sealed record TokenizerConfig(ConfigToken Bos, ConfigToken Eos, bool? AddBosToken, int? BosIdFromModelConfig, int? EosIdFromModelConfig)
+    private sealed record TokenizerConfig(ConfigToken Bos, ConfigToken Eos, bool? AddBosToken, bool? AddEosToken, int? BosIdFromModelConfig, int? EosIdFromModelConfig)
     {
         public static TokenizerConfig Read(string folder)
         {
             ConfigToken bos = default, eos = default;
-            bool? addBos = null;
+            bool? addBos = null, addEos = null;
             using (var tc = ReadJson(Path.Combine(folder, "tokenizer_config.json")))
             {
                 if (tc is not null)
@@ -124,6 +138,8 @@ public static class TokenizerLoader
                     eos = ReadToken(root, "eos_token");
                     if (root.TryGetProperty("add_bos_token", out var ab) && ab.ValueKind is JsonValueKind.True or JsonValueKind.False)
                         addBos = ab.GetBoolean();
+                    if (root.TryGetProperty("add_eos_token", out var ae) && ae.ValueKind is JsonValueKind.True or JsonValueKind.False)
+                        addEos = ae.GetBoolean();
                 }
             }
 
@@ -135,7 +151,7 @@ public static class TokenizerLoader
                 bosId ??= ReadId(doc.RootElement, "bos_token_id");
                 eosId ??= ReadId(doc.RootElement, "eos_token_id");
             }
-            return new TokenizerConfig(bos, eos, addBos, bosId, eosId);
+            return new TokenizerConfig(bos, eos, addBos, addEos, bosId, eosId);
         }
 
         private static JsonDocument? ReadJson(string path)
