@@ -11,8 +11,8 @@
 # libtorch-cpu-linux-x64), then in one go: carves S2A2E16 and S3A3E8 on the CPU; evals dense and carved on the device
 # vs the CPU (relative perplexity difference, within 1e-4?); benches dense vs carved on the device; the S2A2E16 LoRA
 # recovery fine-tune (2048 x 512 tokens) on the device and its eval; the SpamScoring fine-tune (cmoe classify-train)
-# when this build has it; the bf16 fine-tune when time is left. Each step has its own time limit and the whole run a
-# budget (CMOE_GPU_CHECK_BUDGET_S, default 540 s on cuda, 240 s with --cpu); a failed or timed-out step is recorded
+# when this build has it; the bf16 fine-tune and the S3A3E8 bench when time is left. Each step has its own time limit and the whole run a
+# budget (CMOE_GPU_CHECK_BUDGET_S, default 600 s on cuda, 240 s with --cpu); a failed or timed-out step is recorded
 # and the run goes on. Outputs in $OUT: <step>.json (the command's --json), <step>.log (its stderr), steps.tsv,
 # summary.json, summary.txt, nvidia-smi.txt. Large model folders go to gpu-check/work, not $OUT.
 # Exit status: 0 when every step that ran succeeded (classify-train missing from the build does not count), else 1.
@@ -42,8 +42,12 @@ train=$here/data/sotu_train.txt
 val=$here/data/sotu_val.txt
 moby=$here/data/moby_dick.txt
 tsv=$(ls "$here"/data/*.tsv 2>/dev/null | head -1)
+# The probe fine-tune (and everything in tiny mode) reads the first 1 MB of sotu_train: tokenizing all 10 MB takes
+# tens of seconds per process.
+head -c 1000000 "$train" > "$work/sotu_train_head.txt"
+probe_train=$work/sotu_train_head.txt
 start=$(date +%s)
-if [ "$mode" = cuda ]; then budget=${CMOE_GPU_CHECK_BUDGET_S:-540}; else budget=${CMOE_GPU_CHECK_BUDGET_S:-240}; fi
+if [ "$mode" = cuda ]; then budget=${CMOE_GPU_CHECK_BUDGET_S:-600}; else budget=${CMOE_GPU_CHECK_BUDGET_S:-240}; fi
 log=$OUT/run.log
 : > "$log"
 say() { echo "[gpu-check $(( $(date +%s) - start ))s] $*" | tee -a "$log" >&2; }
@@ -53,16 +57,17 @@ if [ "$tiny" = 1 ]; then
   carve_args=(--samples 2 --seq-len 128)
   eval_args=(--max-windows 2 --seq-len 128)
   bench_args=(--prompt-tokens 16 --decode-tokens 8 --repeats 1 --ffn-tokens 8)
-  ft_samples=4; ft_seq=64; ft_probe_steps=1
+  ft_samples=4; ft_seq=64; ft_probe_steps=0; bf16_args=(--max-steps 1)
   cls_args=(--max-tokens 32 --epochs 1)
   lim_carve=60; lim_eval=45; lim_bench=60; lim_ft=90; lim_cls=90
+  train=$probe_train
 else
   carve_args=()                 # the CLI defaults: 8 random 512-token windows of sotu_train, seed 0
   eval_args=()                  # the CLI defaults: 256 non-overlapping 512-token windows (docs/benchmarks.md)
   bench_args=()
-  ft_samples=2048; ft_seq=512; ft_probe_steps=16
+  ft_samples=2048; ft_seq=512; ft_probe_steps=16; bf16_args=()
   cls_args=(--max-tokens 96 --epochs 1)
-  lim_carve=90; lim_eval=90; lim_bench=120; lim_ft=300; lim_cls=180
+  lim_carve=90; lim_eval=90; lim_bench=90; lim_ft=240; lim_cls=150
 fi
 
 # libtorch: the machine's own. CPU steps find it through LD_LIBRARY_PATH (TorchSharp's libLibTorchSharp.so needs
@@ -84,13 +89,15 @@ say "mode $mode (tiny sizes: $tiny), budget ${budget}s, libtorch $torchlib, out 
 # Versions and the machine.
 {
   echo "cmoe $("$cmoe" --version 2>&1)"
-  if command -v python3 >/dev/null; then
-    python3 -c "import torch;print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1 | tail -1
-  fi
+  python3 -c "import torch;print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>/dev/null || echo "torch (no python3 torch)"
   echo "os $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") $(uname -r)"
   echo "cpus $(nproc)"
-  echo "nvidia-smi $(nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader 2>&1 | head -1)"
-  head -2 "$here/MANIFEST.txt" 2>/dev/null | tail -1
+  if command -v nvidia-smi >/dev/null; then
+    echo "nvidia-smi $(nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader 2>&1 | head -1)"
+  else
+    echo "nvidia-smi (not found)"
+  fi
+  sed -n 's/^commit: /commit /p' "$here/MANIFEST.txt" 2>/dev/null
 } > "$OUT/versions.txt" 2>&1
 command -v nvidia-smi >/dev/null && nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 cat "$OUT/versions.txt" | tee -a "$log" >&2
@@ -144,20 +151,22 @@ head -n $(( score_rows + 1 )) "$tsv" > "$work/spam-head.tsv"
 step score-s2a2e16-dev "$lim_eval" "$cmoe" score --model "$work/s2a2e16" --input "$work/spam-head.tsv" --text-column Body \
   --out "$work/spam-scored.tsv" --max-tokens 96 --device "$dev"
 
-# (c) bench on the device: dense vs carved S2A2E16 (and S3A3E8).
+# (c) bench on the device: dense vs carved S2A2E16 (S3A3E8 at the end, when time is left).
 step bench-S2A2E16 "$lim_bench" "$cmoe" bench --model "$model" --carved "$work/s2a2e16" --device "$dev" "${bench_args[@]}" --json
-step bench-S3A3E8 "$lim_bench" "$cmoe" bench --model "$model" --carved "$work/s3a3e8" --device "$dev" "${bench_args[@]}" --json
 
 # (d) the S2A2E16 LoRA recovery fine-tune, issue budget (2048 x 512 tokens, batch 2, lr 1e-3; docs/benchmarks.md).
 # A short probe first gives a tokens/s figure even if the full run runs out of time.
-ft=(--model "$work/s2a2e16" --data "$train" --samples "$ft_samples" --seq-len "$ft_seq" --batch 2 --mode lora --lr 1e-3 --device "$dev")
-step finetune-probe 120 "$cmoe" finetune "${ft[@]}" --max-steps "$ft_probe_steps" --out "$work/s2a2e16-probe" --json
-step finetune-S2A2E16-lora "$lim_ft" "$cmoe" finetune "${ft[@]}" --out "$work/s2a2e16-lora" --json &&
+ft=(--model "$work/s2a2e16" --samples "$ft_samples" --seq-len "$ft_seq" --batch 2 --mode lora --lr 1e-3 --device "$dev")
+[ "$ft_probe_steps" -gt 0 ] &&
+  step finetune-probe 120 "$cmoe" finetune "${ft[@]}" --data "$probe_train" --max-steps "$ft_probe_steps" --out "$work/s2a2e16-probe" --json
+step finetune-S2A2E16-lora "$lim_ft" "$cmoe" finetune "${ft[@]}" --data "$train" --out "$work/s2a2e16-lora" --json &&
   step eval-s2a2e16-lora-dev "$lim_eval" "$cmoe" eval --model "$work/s2a2e16-lora" --text "$val" --device "$dev" "${eval_args[@]}" --json
 
 # (e) the SpamScoring fine-tune, when this build has `cmoe classify-train`.
 classify=absent
-if "$cmoe" classify-train --help > "$OUT/classify-train-help.txt" 2>&1; then
+# (`cmoe <unknown> --help` prints the root help with status 0, so look for the command in the root help first.)
+if "$cmoe" --help 2>/dev/null | grep -qE '^ +classify-train( |$)' &&
+   "$cmoe" classify-train --help > "$OUT/classify-train-help.txt" 2>&1; then
   classify=present
   cls=(--model "$work/s2a2e16" --data "$tsv" --out "$work/spam-s2a2e16.zip")
   # Pass only the options this build's help lists (the command is new; its options may still move).
@@ -174,8 +183,11 @@ else
 fi
 
 # bf16 fine-tune when time is left (meant for GPUs).
-step finetune-S2A2E16-lora-bf16 "$lim_ft" "$cmoe" finetune "${ft[@]}" --dtype bf16 --out "$work/s2a2e16-lora-bf16" --json &&
+step finetune-S2A2E16-lora-bf16 "$lim_ft" "$cmoe" finetune "${ft[@]}" --data "$train" --dtype bf16 "${bf16_args[@]}" --out "$work/s2a2e16-lora-bf16" --json &&
   step eval-s2a2e16-lora-bf16-dev "$lim_eval" "$cmoe" eval --model "$work/s2a2e16-lora-bf16" --text "$val" --device "$dev" "${eval_args[@]}" --json
+
+# S3A3E8 bench when time is left.
+step bench-S3A3E8 "$lim_bench" "$cmoe" bench --model "$model" --carved "$work/s3a3e8" --device "$dev" "${bench_args[@]}" --json
 
 total=$(( $(date +%s) - start ))
 say "steps done in ${total}s"
@@ -231,7 +243,7 @@ for key, name, evname in (("probe", "finetune-probe", None), ("lora_fp32", "fine
     if j:
         o = j.get("options", {})
         f = {"seconds": j.get("seconds"), "tokens_per_second": j.get("tokens_per_second"), "steps": j.get("steps"),
-             "first_loss": j.get("first_loss"), "final_loss": j.get("final_loss"), "tokens": o.get("samples", 0) * o.get("seq_len", 0),
+             "first_loss": j.get("first_loss"), "final_loss": j.get("final_loss"), "tokens": (j.get("steps") or 0) * o.get("batch", 0) * o.get("seq_len", 0),
              "dtype": o.get("dtype")}
         if key != "probe" and j.get("seconds"):
             f["speedup_vs_authors_h100_427s"] = round(427.0 / j["seconds"], 2) if not tiny == "1" else None
@@ -239,6 +251,8 @@ for key, name, evname in (("probe", "finetune-probe", None), ("lora_fp32", "fine
         if e:
             f["perplexity_after"] = e["perplexity"]
         ft[key] = f
+if "probe" in ft and ft["probe"].get("tokens_per_second"):
+    ft["probe"]["projected_seconds_at_2048x512"] = round(2048 * 512 / ft["probe"]["tokens_per_second"], 1)
 s["finetune_S2A2E16"] = ft
 sc = steps.get("score-s2a2e16-dev")
 if sc:
