@@ -160,7 +160,8 @@ ft=(--model "$work/s2a2e16" --samples "$ft_samples" --seq-len "$ft_seq" --batch 
 [ "$ft_probe_steps" -gt 0 ] &&
   step finetune-probe 120 "$cmoe" finetune "${ft[@]}" --data "$probe_train" --max-steps "$ft_probe_steps" --out "$work/s2a2e16-probe" --json
 step finetune-S2A2E16-lora "$lim_ft" "$cmoe" finetune "${ft[@]}" --data "$train" --out "$work/s2a2e16-lora" --json &&
-  step eval-s2a2e16-lora-dev "$lim_eval" "$cmoe" eval --model "$work/s2a2e16-lora" --text "$val" --device "$dev" "${eval_args[@]}" --json
+  step eval-s2a2e16-lora-dev "$lim_eval" "$cmoe" eval --model "$work/s2a2e16-lora" --text "$val" --device "$dev" "${eval_args[@]}" --json &&
+  step eval-s2a2e16-lora-moby-dev "$lim_eval" "$cmoe" eval --model "$work/s2a2e16-lora" --text "$moby" --device "$dev" "${eval_args[@]}" --json
 
 # (e) the SpamScoring fine-tune, when this build has `cmoe classify-train`.
 classify=absent
@@ -170,7 +171,7 @@ if "$cmoe" --help 2>/dev/null | grep -qE '^ +classify-train( |$)' &&
   classify=present
   cls=(--model "$work/s2a2e16" --data "$tsv" --out "$work/spam-s2a2e16.zip")
   # Pass only the options this build's help lists (the command is new; its options may still move).
-  set -- "${cls_args[@]}" --device "$dev" --json
+  set -- "${cls_args[@]}" --label-column Label --text-column Body --device "$dev" --json
   while [ "$#" -gt 0 ]; do
     o=$1; shift; v=
     if [ "$#" -gt 0 ] && [ "${1#--}" = "$1" ]; then v=$1; shift; fi
@@ -250,6 +251,9 @@ for key, name, evname in (("probe", "finetune-probe", None), ("lora_fp32", "fine
         e = evname and load(evname)
         if e:
             f["perplexity_after"] = e["perplexity"]
+        e = key == "lora_fp32" and load("eval-s2a2e16-lora-moby-dev")
+        if e:
+            f["perplexity_after_moby_dick"] = e["perplexity"]
         ft[key] = f
 if "probe" in ft and ft["probe"].get("tokens_per_second"):
     ft["probe"]["projected_seconds_at_2048x512"] = round(2048 * 512 / ft["probe"]["tokens_per_second"], 1)
@@ -281,6 +285,7 @@ for l, b in bench.items():
 for k, f in ft.items():
     L.append(f"finetune S2A2E16 {k}: {f['tokens']} tokens, {f['steps']} steps in {fmt(f['seconds'], '{:.1f}')} s, {fmt(f['tokens_per_second'], '{:.0f}')} tok/s,"
              f" loss {fmt(f['first_loss'], '{:.3f}')} -> {fmt(f['final_loss'], '{:.3f}')}, perplexity after {fmt(f.get('perplexity_after'), '{:.2f}')}"
+             + (f" (moby_dick {f['perplexity_after_moby_dick']:.2f})" if f.get("perplexity_after_moby_dick") else "")
              + (f", {f['speedup_vs_authors_h100_427s']}x the authors' 427 s" if f.get("speedup_vs_authors_h100_427s") else ""))
 if "score_s2a2e16" in s:
     L.append(f"score (ML.NET, S2A2E16, {score_rows} SpamScoring rows, 96 tokens): {s['score_s2a2e16']['status']} in {s['score_s2a2e16']['seconds_with_startup']} s with start-up")
