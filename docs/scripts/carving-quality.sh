@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Reproduces the "Carving quality" table of docs/benchmarks.md: carves tinyref-llama at three layouts with each
-# variant (default = the authors' procedure; then every option of issue #16 alone and the chosen combination), then
+# variant (authors = `--recipe authors`; then every option of issue #16 alone on top of the authors' procedure; chosen =
+# the defaults, this library's recipe), then
 # evaluates every carved model on sotu_val and moby_dick with `cmoe eval` (256 windows of 512 tokens, --threads 1).
 # Usage: bash docs/scripts/carving-quality.sh [shared-dir] [work-dir] [variant ...]
-#   variants: cosine raw iter5 threshold mean downnorm chosen (default: all); SEED=n for another calibration seed.
+#   variants: authors raw kact40 iter5 threshold mean downnorm downfit chosen (default: all); SEED=n for another seed;
+#   LAYOUTS="S2A2E16 S3A3E8" to run fewer layouts.
 # Prints variant,layout,seed,carve_seconds,sotu_val,moby_dick,val_mean_active,val_max_active,moby_mean_active,moby_max_active
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -11,7 +13,7 @@ shared=${1:-$root/../shared}
 work=${2:-$(mktemp -d)}
 shift $(( $# >= 2 ? 2 : $# ))
 variants=("$@")
-[ ${#variants[@]} -gt 0 ] || variants=(cosine raw iter5 threshold mean downnorm chosen)
+[ ${#variants[@]} -gt 0 ] || variants=(authors raw kact40 iter5 threshold mean downnorm downfit chosen)
 seed=${SEED:-0}
 mkdir -p "$work"
 [ -f "$work/bin/cmoe.dll" ] || dotnet build -c Release "$root/src/CMoE.Cli" -o "$work/bin" >/dev/null
@@ -21,16 +23,18 @@ field() { echo "$1" | grep "\"$2\"" | grep -oE '[0-9.]+' | head -1; }
 echo "variant,layout,seed,carve_seconds,sotu_val,moby_dick,val_mean_active,val_max_active,moby_mean_active,moby_max_active"
 for variant in "${variants[@]}"; do
   case $variant in
-    cosine) extra=() ;;
-    raw) extra=(--score raw) ;;
-    iter5) extra=(--iterations 5) ;;
-    threshold) extra=(--routing threshold) ;;
-    mean) extra=(--router-vectors mean) ;;
-    downnorm) extra=(--neuron-weighting downnorm) ;;
-    chosen) extra=(--router-vectors mean --routing threshold --neuron-weighting downnorm) ;;
+    authors) extra=(--recipe authors) ;;
+    raw) extra=(--recipe authors --score raw) ;;
+    kact40) extra=(--recipe authors --k-act 40) ;;
+    iter5) extra=(--recipe authors --iterations 5) ;;
+    threshold) extra=(--recipe authors --routing threshold) ;;
+    mean) extra=(--recipe authors --router-vectors mean) ;;
+    downnorm) extra=(--recipe authors --neuron-weighting downnorm) ;;
+    downfit) extra=(--recipe authors --down-fit ridge) ;;
+    chosen) extra=() ;;
     *) echo "unknown variant $variant" >&2; exit 2 ;;
   esac
-  for layout in S2A2E16 S3A3E8 S4A4E16; do
+  for layout in ${LAYOUTS:-S2A2E16 S3A3E8 S4A4E16}; do
     out=$work/$variant-$layout-$seed
     carve=$($cmoe carve --model "$model" --calibration "$shared/data/eval/sotu_train.txt" --layout $layout \
       --samples 8 --seq-len 512 --seed "$seed" --threads 1 "${extra[@]}" --out "$out" --json)
