@@ -205,7 +205,8 @@ public sealed class LanguageModelClassifierTrainer : IEstimator<LanguageModelCla
             using (var tuner = new ClassifierFineTuner(handle.Model, classes, pad, _options.ToCore()))
             {
                 report = tuner.Train(rows, labels, _options.Progress, _options.Cancellation);
-                using var classifier = tuner.Finish();
+                using var classifier = tuner.Classifier;
+                tuner.Finish();
                 head = classifier.HeadValues();
             }
             handle.MarkChanged(handle.Layout);
@@ -296,10 +297,19 @@ public sealed class LanguageModelClassifierTrainer : IEstimator<LanguageModelCla
         }
         else
         {
-            if (label.Kind != SchemaShape.Column.VectorKind.Scalar || label.ItemType is not KeyDataViewType key)
+            if (label.Kind != SchemaShape.Column.VectorKind.Scalar || !label.IsKey || label.ItemType.RawType != typeof(uint))
                 throw new ArgumentOutOfRangeException(nameof(inputSchema), $"LanguageModelClassifier: label column '{label.Name}' has type {label.ItemType}; multiclass classification needs a key type (MapValueToKey).");
-            builder.AddColumn(_options.PredictedLabelColumnName, key);
-            builder.AddColumn(_options.ScoreColumnName, new VectorDataViewType(NumberDataViewType.Single, (int)key.Count));
+            // A SchemaShape records that these are a key and a fixed-size vector, not their sizes (known only at Fit).
+            DataViewSchema.Annotations? keyValues = null;
+            if (label.Annotations.Any(a => a.Name == "KeyValues"))
+            {
+                var annotations = new DataViewSchema.Annotations.Builder();
+                annotations.Add("KeyValues", new VectorDataViewType(TextDataViewType.Instance, 2),
+                    (ValueGetter<VBuffer<ReadOnlyMemory<char>>>)((ref VBuffer<ReadOnlyMemory<char>> dst) => dst = new VBuffer<ReadOnlyMemory<char>>(2, ["0".AsMemory(), "1".AsMemory()])));
+                keyValues = annotations.ToAnnotations();
+            }
+            builder.AddColumn(_options.PredictedLabelColumnName, new KeyDataViewType(typeof(uint), 2), keyValues);
+            builder.AddColumn(_options.ScoreColumnName, new VectorDataViewType(NumberDataViewType.Single, 2));
         }
         var added = MlNetBridge.ShapeOf(builder.ToSchema());
         var names = OutputNames(_options, _task).ToHashSet();

@@ -239,12 +239,10 @@ public sealed class ClassifierFineTuner : IDisposable
         return train.OrderBy(_ => rng.Next()).ToArray();
     }
 
-    /// <summary>Unhooks and frees the adapters (call <see cref="Finish"/> first to keep their effect); the classifier stays usable.</summary>
+    /// <summary>Unhooks and frees the adapters (call <see cref="Finish"/> first to keep their effect); <see cref="Classifier"/> stays usable and is the caller's to dispose.</summary>
     public void Dispose()
     {
         foreach (var p in _fullWeights.Concat(RouterScales)) p.requires_grad = false;
-        Classifier.Weight.requires_grad = false;
-        Classifier.Bias.requires_grad = false;
         _lora?.Dispose();
         _rng.Dispose();
     }
