@@ -5,6 +5,7 @@ using CMoE.Training;
 using Microsoft.ML;
 using Microsoft.ML.Data;
 using Microsoft.ML.Runtime;
+using TorchSharp;
 
 namespace CMoE.MLNet;
 
@@ -123,6 +124,12 @@ public sealed class LanguageModelClassifierTrainer : IEstimator<LanguageModelCla
         /// <summary>Receives a report after each step (tokens/s, ETA, validation figures).</summary>
         public IProgress<ClassifierProgress>? Progress { get; set; }
 
+        /// <summary>
+        /// Where training runs (null: the CPU). The model is moved there for training (resolve a CUDA device with
+        /// <c>TorchRuntime.Resolve</c>) and back to the CPU afterwards: scoring and the model zip are CPU fp32.
+        /// </summary>
+        public TorchSharp.torch.Device? TrainingDevice { get; set; }
+
         /// <summary>Cancels training (Fit throws <see cref="OperationCanceledException"/>).</summary>
         public CancellationToken Cancellation { get; set; }
 
@@ -202,12 +209,20 @@ public sealed class LanguageModelClassifierTrainer : IEstimator<LanguageModelCla
             if (rows.Count < 2) throw new ArgumentException($"LanguageModelClassifier needs at least 2 labelled rows to train; got {rows.Count}.");
             ClassifierReport report;
             (float[] W, float[] B) head;
-            using (var tuner = new ClassifierFineTuner(handle.Model, classes, pad, _options.ToCore()))
+            var device = _options.TrainingDevice;
+            bool moved = device is not null && device.type != TorchSharp.DeviceType.CPU;
+            if (moved) handle.Model.to(device!);
+            try
             {
+                using var tuner = new ClassifierFineTuner(handle.Model, classes, pad, _options.ToCore());
                 report = tuner.Train(rows, labels, _options.Progress, _options.Cancellation);
                 using var classifier = tuner.Classifier;
                 tuner.Finish();
                 head = classifier.HeadValues();
+            }
+            finally
+            {
+                if (moved) handle.Model.to(TorchSharp.torch.CPU);
             }
             handle.MarkChanged(handle.Layout);
             var info = new ClassifierInfo(_task, _options.LabelColumnName, _options.ScoreColumnName, _options.PredictedLabelColumnName,
