@@ -82,7 +82,7 @@ if (!options.SkipCarvedFineTune)
 }
 results["finetune"] = new JsonObject
 {
-    ["max_tokens"] = options.FtMaxTokens, ["epochs"] = options.FtEpochs, ["lr"] = options.FtLr, ["mode"] = options.FtMode.ToString(),
+    ["max_tokens"] = options.FtMaxTokens, ["epochs"] = options.FtEpochs, ["lr"] = options.FtLr, ["head_lr"] = options.FtHeadLr ?? 2 * options.FtLr, ["mode"] = options.FtMode.ToString(),
     ["pooling"] = options.FtPooling.ToString(), ["batch"] = options.FtBatch, ["validation_fraction"] = 0.1,
 };
 
@@ -171,7 +171,7 @@ static Result Classify(MLContext ml, IEstimator<ITransformer> featurizer, string
 static LanguageModelClassifierTrainer.Options Classifier(Args options, string? folder) => new()
 {
     ModelFolder = folder, LabelColumnName = nameof(Mail.Label), TextColumnName = nameof(Mail.Text), MaxTokens = options.FtMaxTokens,
-    Epochs = options.FtEpochs, LearningRate = options.FtLr, HeadLearningRate = 2 * options.FtLr, Mode = options.FtMode, Pooling = options.FtPooling,
+    Epochs = options.FtEpochs, LearningRate = options.FtLr, HeadLearningRate = options.FtHeadLr ?? 2 * options.FtLr, Mode = options.FtMode, Pooling = options.FtPooling,
     BatchSize = options.FtBatch, ValidationFraction = 0.1, Patience = 2, ValidationEvery = options.FtValidateEvery, Seed = 0,
     ClassWeighting = options.FtClassWeighting, LoraRank = options.FtRank, LoraAlpha = 2 * options.FtRank,
     Progress = new ProgressLog(),
@@ -254,7 +254,7 @@ internal sealed class ProgressLog : IProgress<CMoE.Training.ClassifierProgress>
 /// <summary>Command-line options.</summary>
 internal sealed record Args(int MaxTokens, string Layout, int Threads, bool Json, int Rows, EmbeddingPooling Pooling, string[]? Reload,
     bool SkipEmbeddings, bool SkipDenseFineTune, bool SkipCarvedFineTune, int FtMaxTokens, int FtEpochs, double FtLr, CMoE.Training.FineTuneMode FtMode,
-    CMoE.Training.ClassifierPooling FtPooling, int FtBatch, int FtValidateEvery, bool FtClassWeighting, int FtRank)
+    CMoE.Training.ClassifierPooling FtPooling, int FtBatch, int FtValidateEvery, bool FtClassWeighting, int FtRank, double? FtHeadLr)
 {
     public static Args Parse(string[] args)
     {
@@ -277,7 +277,8 @@ internal sealed record Args(int MaxTokens, string Layout, int Threads, bool Json
             int.Parse(Value("--ft-batch") ?? "16", CultureInfo.InvariantCulture),
             int.Parse(Value("--ft-validate-every") ?? "0", CultureInfo.InvariantCulture),
             args.Contains("--ft-class-weighting"),
-            int.Parse(Value("--ft-rank") ?? "8", CultureInfo.InvariantCulture));
+            int.Parse(Value("--ft-rank") ?? "8", CultureInfo.InvariantCulture),
+            Value("--ft-head-lr") is { } headLr ? double.Parse(headLr, CultureInfo.InvariantCulture) : null);
     }
 }
 
