@@ -103,8 +103,8 @@ public sealed class LanguageModelClassifierTrainer : IEstimator<LanguageModelCla
         /// <summary>AdamW weight decay. Default 0.01.</summary>
         public double WeightDecay { get; set; } = 0.01;
 
-        /// <summary>Head input: the last real token's state (default) or the mean over the real tokens.</summary>
-        public ClassifierPooling Pooling { get; set; } = ClassifierPooling.LastToken;
+        /// <summary>Head input: the mean over the real tokens' states (default) or the last real token's state.</summary>
+        public ClassifierPooling Pooling { get; set; } = ClassifierPooling.Mean;
 
         /// <summary>Weight each class's loss by the inverse of its frequency (imbalanced labels). Default false.</summary>
         public bool ClassWeighting { get; set; }

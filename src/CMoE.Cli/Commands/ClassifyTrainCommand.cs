@@ -23,7 +23,7 @@ internal sealed class ClassifyTrainCommand : ICommand
     private readonly Option<int> _batch = CliOptions.Int("--batch", 16, "rows per optimiser step", min: 1);
     private readonly Option<int> _maxSteps = CliOptions.Int("--max-steps", 0, "stop after this many steps (0: all epochs)", min: 0);
     private readonly Option<FineTuneMode> _mode = CliOptions.Choice("--mode", FineTuneMode.Lora, "lora: adapters on attention and FFN/experts; full: the matrices themselves");
-    private readonly Option<ClassifierPooling> _pooling = CliOptions.Choice("--pooling", ClassifierPooling.LastToken, "the head reads the last real token's state or the mean of the real tokens'");
+    private readonly Option<ClassifierPooling> _pooling = CliOptions.Choice("--pooling", ClassifierPooling.Mean, "the head reads the mean of the real tokens' states or the last real token's");
     private readonly Option<int> _rank = CliOptions.Int("--lora-rank", 8, "LoRA rank (alpha = 2 x rank)", min: 1);
     private readonly Option<double> _validation = CliOptions.Double("--validation-fraction", 0.1, "rows held out for early stopping (0: none)", min: 0);
     private readonly Option<int> _patience = CliOptions.Int("--patience", 2, "validation passes without improvement before stopping (0: never early)", min: 0);
