@@ -32,7 +32,7 @@ internal static class CliApp
         ICommand[] commands =
         [
             new EvalCommand(), new CarveCommand(), new BenchCommand(), new SweepCommand(),
-            new FinetuneCommand(), new ScoreCommand(), new SynthCommand(),
+            new FinetuneCommand(), new ScoreCommand(), new SynthCommand(), new ClassifyTrainCommand(), new ClassifyCommand(),
         ];
         var verbose = new Option<bool>("--verbose") { Description = "print the stack trace of an error", Recursive = true };
         var root = new RootCommand("cmoe: carve a dense LLaMA-family model into a Mixture-of-Experts (CMoE), evaluate, fine-tune, score, sweep and benchmark it.");

@@ -175,6 +175,69 @@ public static class CMoECatalog
         return new MoEFineTuner(Env(catalog), options, carved);
     }
 
+    // ------------------------------------------------------------------ trainers
+
+    /// <summary>
+    /// Fine-tunes a dense or carved LLaMA-family model into a binary text classifier (Boolean label; outputs Score, Probability,
+    /// PredictedLabel; see <see cref="LanguageModelClassifierTrainer"/>). With <paramref name="modelFolder"/> null, the model of
+    /// the upstream CMoE stage (e.g. <c>CarveMoE</c>) is fine-tuned.
+    /// </summary>
+    /// <param name="catalog">mlContext.BinaryClassification.Trainers.</param>
+    /// <param name="modelFolder">A dense Hugging Face LLaMA folder or a carved folder; null: the upstream stage's model.</param>
+    /// <param name="labelColumnName">The Boolean label column.</param>
+    /// <param name="textColumnName">The text column.</param>
+    /// <param name="maxTokens">Tokens per row (BOS included).</param>
+    /// <param name="epochs">Passes over the training rows.</param>
+    /// <returns>The trainer.</returns>
+    public static LanguageModelClassifierTrainer LanguageModelClassifier(this BinaryClassificationCatalog.BinaryClassificationTrainers catalog,
+        string? modelFolder = null, string labelColumnName = "Label", string textColumnName = "Text", int maxTokens = 64, int epochs = 1) =>
+        catalog.LanguageModelClassifier(new LanguageModelClassifierTrainer.Options
+        {
+            ModelFolder = modelFolder, LabelColumnName = labelColumnName, TextColumnName = textColumnName, MaxTokens = maxTokens, Epochs = epochs,
+        });
+
+    /// <summary>The binary language-model classifier with every knob in <paramref name="options"/> (see the flat overload).</summary>
+    /// <param name="catalog">mlContext.BinaryClassification.Trainers.</param>
+    /// <param name="options">Model, columns, fine-tuning knobs.</param>
+    /// <returns>The trainer.</returns>
+    public static LanguageModelClassifierTrainer LanguageModelClassifier(this BinaryClassificationCatalog.BinaryClassificationTrainers catalog,
+        LanguageModelClassifierTrainer.Options options)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(options);
+        return new LanguageModelClassifierTrainer(MlNetBridge.Environment(catalog), options, ClassifierTask.Binary);
+    }
+
+    /// <summary>
+    /// Fine-tunes a dense or carved LLaMA-family model into a multiclass text classifier (key-typed label from
+    /// <c>MapValueToKey</c>, as <c>TextClassification</c> expects; outputs PredictedLabel and Score, the class probabilities).
+    /// </summary>
+    /// <param name="catalog">mlContext.MulticlassClassification.Trainers.</param>
+    /// <param name="modelFolder">A dense Hugging Face LLaMA folder or a carved folder; null: the upstream stage's model.</param>
+    /// <param name="labelColumnName">The key-typed label column.</param>
+    /// <param name="textColumnName">The text column.</param>
+    /// <param name="maxTokens">Tokens per row (BOS included).</param>
+    /// <param name="epochs">Passes over the training rows.</param>
+    /// <returns>The trainer.</returns>
+    public static LanguageModelClassifierTrainer LanguageModelClassifier(this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
+        string? modelFolder = null, string labelColumnName = "Label", string textColumnName = "Text", int maxTokens = 64, int epochs = 1) =>
+        catalog.LanguageModelClassifier(new LanguageModelClassifierTrainer.Options
+        {
+            ModelFolder = modelFolder, LabelColumnName = labelColumnName, TextColumnName = textColumnName, MaxTokens = maxTokens, Epochs = epochs,
+        });
+
+    /// <summary>The multiclass language-model classifier with every knob in <paramref name="options"/> (see the flat overload).</summary>
+    /// <param name="catalog">mlContext.MulticlassClassification.Trainers.</param>
+    /// <param name="options">Model, columns, fine-tuning knobs.</param>
+    /// <returns>The trainer.</returns>
+    public static LanguageModelClassifierTrainer LanguageModelClassifier(this MulticlassClassificationCatalog.MulticlassClassificationTrainers catalog,
+        LanguageModelClassifierTrainer.Options options)
+    {
+        ArgumentNullException.ThrowIfNull(catalog);
+        ArgumentNullException.ThrowIfNull(options);
+        return new LanguageModelClassifierTrainer(MlNetBridge.Environment(catalog), options, ClassifierTask.Multiclass);
+    }
+
     private static Microsoft.ML.Runtime.IHostEnvironment Env(TransformsCatalog catalog)
     {
         ArgumentNullException.ThrowIfNull(catalog);

@@ -99,9 +99,9 @@ public abstract class LanguageModelTransformerBase : RowMapperTransformerBase, I
     private protected virtual void WriteExtra(ModelPayload payload) { }
 
     /// <summary>Reads the common part of the header (settings, model) written by <see cref="CreatePayload"/>.</summary>
-    private protected static (LanguageModelHandle Handle, ScoringSettings Settings) ReadModel(ModelPayloadReader payload)
+    private protected static (LanguageModelHandle Handle, ScoringSettings Settings) ReadModel(ModelPayloadReader payload, bool requireOutput = true)
     {
-        var settings = ScoringSettings.Read(payload.Header);
+        var settings = ScoringSettings.Read(payload.Header, requireOutput);
         return (LanguageModelHandle.Load(payload), settings);
     }
 

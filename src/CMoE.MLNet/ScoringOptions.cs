@@ -148,7 +148,9 @@ internal sealed record ScoringSettings(
     }
 
     /// <summary>Reads what <see cref="Write"/> wrote.</summary>
-    public static ScoringSettings Read(BinaryReader r)
+    /// <param name="r">The header.</param>
+    /// <param name="requireOutput">False for transformers with their own output columns (the classifier), whose settings name none.</param>
+    public static ScoringSettings Read(BinaryReader r, bool requireOutput = true)
     {
         string text = r.ReadString(), ppl = r.ReadString(), ll = r.ReadString(), emb = r.ReadString(), labelCol = r.ReadString();
         int k = r.ReadInt32();
@@ -156,12 +158,27 @@ internal sealed record ScoringSettings(
         var labels = new string[k];
         for (int i = 0; i < k; i++) labels[i] = r.ReadString();
         int maxTokens = r.ReadInt32(), batch = r.ReadInt32(), pooling = r.ReadInt32();
+        if (!requireOutput)
+        {
+            if (maxTokens < 2 || batch < 1 || string.IsNullOrWhiteSpace(text))
+                throw new CMoEFormatException($"Invalid text column, max tokens {maxTokens} or batch size {batch} in a CMoE classifier header; the model zip is corrupt.");
+            return ForText(text, maxTokens, batch);
+        }
         return From(new ScoringOptions
         {
             TextColumnName = text, PerplexityColumnName = ppl, LogLikelihoodColumnName = ll, EmbeddingColumnName = emb,
             LabelScoresColumnName = labelCol, LabelTexts = labels.Length == 0 ? null : labels, MaxTokens = maxTokens,
             BatchSize = batch, Pooling = (EmbeddingPooling)pooling,
         });
+    }
+
+    /// <summary>Settings that name only the text column (transformers with their own outputs, e.g. the classifier).</summary>
+    public static ScoringSettings ForText(string textColumn, int maxTokens, int batchSize)
+    {
+        if (string.IsNullOrWhiteSpace(textColumn)) throw new ArgumentException("TextColumnName must name the input text column.");
+        if (maxTokens < 2) throw new ArgumentException($"MaxTokens must be at least 2 (BOS + one token); got {maxTokens}.");
+        if (batchSize < 1) throw new ArgumentException($"BatchSize must be at least 1; got {batchSize}.");
+        return new ScoringSettings(textColumn, null, null, null, "LabelScores", [], maxTokens, batchSize, EmbeddingPooling.Mean);
     }
 
     private static string? Blank(string? name) => string.IsNullOrWhiteSpace(name) ? null : name;

@@ -117,18 +117,18 @@ internal sealed class ScoreCommand : ICommand
         return 0;
     }
 
-    private static string? TextColumnOf(ITransformer model) => model switch
+    internal static string? TextColumnOf(ITransformer model) => model switch
     {
         LanguageModelTransformerBase lm => lm.TextColumnName,
         IEnumerable<ITransformer> chain => chain.Select(TextColumnOf).FirstOrDefault(n => n is not null),
         _ => null,
     };
 
-    private static bool Writable(DataViewType type) =>
+    internal static bool Writable(DataViewType type) =>
         type is TextDataViewType or BooleanDataViewType || type == NumberDataViewType.Single || type == NumberDataViewType.Double
         || type is VectorDataViewType { ItemType: var item } && item == NumberDataViewType.Single;
 
-    private static void Write(IDataView scored, List<DataViewSchema.Column> columns, string path, ProgressBar bar, CancellationToken cancel)
+    internal static void Write(IDataView scored, List<DataViewSchema.Column> columns, string path, ProgressBar bar, CancellationToken cancel)
     {
         long total = scored.GetRowCount() ?? 0;
         using var writer = new StreamWriter(path, append: false, new UTF8Encoding(false));
@@ -144,7 +144,7 @@ internal sealed class ScoreCommand : ICommand
         }
     }
 
-    private static Func<string> Reader(DataViewRowCursor cursor, DataViewSchema.Column column)
+    internal static Func<string> Reader(DataViewRowCursor cursor, DataViewSchema.Column column)
     {
         var inv = CultureInfo.InvariantCulture;
         switch (column.Type)

@@ -56,7 +56,7 @@ public sealed class MoEFineTuner : IDisposable
     private IEnumerable<Parameter> ScaleParameters() => _options.TrainRouterScale ? RouterScales : [];
 
     /// <summary>Full mode: q/k/v/o, shared expert and stacked experts, router G/U (their state-dict keys and tensors).</summary>
-    private static IEnumerable<(string, Parameter)> FullModeWeights(LlamaForCausalLM model) =>
+    internal static IEnumerable<(string, Parameter)> FullModeWeights(LlamaForCausalLM model) =>
         model.named_parameters()
             .Where(p => p.name.Contains(".self_attn.") || p.name.Contains(".mlp.shared_expert.") || p.name.Contains(".mlp.experts.")
                         || p.name.EndsWith(".mlp.router.gate", StringComparison.Ordinal) || p.name.EndsWith(".mlp.router.up", StringComparison.Ordinal)

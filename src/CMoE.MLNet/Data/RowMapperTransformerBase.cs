@@ -32,6 +32,9 @@ public abstract class RowMapperTransformerBase : ITransformer
     /// <summary>The columns appended to each row, in the order <see cref="MapBatch"/> produces their values.</summary>
     private protected abstract IReadOnlyList<(string Name, DataViewType Type)> OutputColumns { get; }
 
+    /// <summary>Annotations of output column <paramref name="name"/> (e.g. a predicted label's key values); null for none.</summary>
+    private protected virtual DataViewSchema.Annotations? OutputAnnotations(string name) => null;
+
     /// <summary>Rows computed together by the <see cref="IDataView"/> cursor (1 = one row at a time, lazily).</summary>
     private protected virtual int BatchSize => 1;
 
@@ -56,7 +59,7 @@ public abstract class RowMapperTransformerBase : ITransformer
         foreach (var input in InputColumns) input.Find(inputSchema, Name);
         var builder = new DataViewSchema.Builder();
         builder.AddColumns(inputSchema);
-        foreach (var (name, type) in OutputColumns) builder.AddColumn(name, type);
+        foreach (var (name, type) in OutputColumns) builder.AddColumn(name, type, OutputAnnotations(name));
         return builder.ToSchema();
     }
 

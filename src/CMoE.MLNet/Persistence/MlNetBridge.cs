@@ -100,13 +100,16 @@ internal static class MlNetBridge
     public static IHostEnvironment Environment(object catalog)
     {
         ArgumentNullException.ThrowIfNull(catalog);
-        var property = catalog.GetType()
-            .GetProperties(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic)
-            .FirstOrDefault(p => p.PropertyType == typeof(IHostEnvironment) && p.GetIndexParameters().Length == 0)
-            ?? throw new InvalidOperationException(
+        // Trainer catalogs (mlContext.BinaryClassification.Trainers) keep theirs on a base class (CatalogInstantiatorBase), so each
+        // type of the hierarchy is searched on its own.
+        PropertyInfo? property = null;
+        for (var type = catalog.GetType(); type is not null && property is null; type = type.BaseType)
+            property = type.GetProperties(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly)
+                .FirstOrDefault(p => p.PropertyType == typeof(IHostEnvironment) && p.GetIndexParameters().Length == 0);
+        _ = property ?? throw new InvalidOperationException(
                 $"{catalog.GetType().Name} has no IHostEnvironment property in this Microsoft.ML; CMoE.MLNet was built for " +
                 $"Microsoft.ML {BuiltForMlNetVersion}. Reference that version (pinned in Directory.Packages.props).");
-        return (IHostEnvironment)property.GetValue(catalog)!;
+        return (IHostEnvironment)property!.GetValue(catalog)!;
     }
 
     /// <summary>

@@ -196,12 +196,39 @@ internal sealed class LanguageModelHandle : IDisposable
     {
         if (_exactFolder is not null && Directory.Exists(_exactFolder)) return _exactFolder;
         if (!IsCarved)
-            throw new InvalidOperationException("A dense model changed in memory cannot be saved; only carved models are written back.");
+        {
+            if (Weights.Kind != WeightKind.Fp32)
+                throw new InvalidOperationException($"A dense model changed in memory is saved in fp32 only (it is held in {Weights}); train in fp32 and set the weights after saving.");
+            string dense = NewTempFolder("cmoe-dense-");
+            WriteDenseFolder(dense);
+            _folders.Add(dense);
+            _exactFolder = dense;
+            return dense;
+        }
         string folder = NewTempFolder("cmoe-carved-");
         CarvedFolder.Save(Model, _sourceFolder, folder, Layout ?? "unknown", Provenance);   // in the model's weight format
         _folders.Add(folder);
         _exactFolder = folder;
         return folder;
+    }
+
+    /// <summary>
+    /// A dense model changed in memory (e.g. a fine-tuned classifier backbone) as a Hugging Face folder: the source config.json
+    /// (dtype float32), one fp32 model.safetensors with the Hugging Face keys, the tokenizer files.
+    /// </summary>
+    private void WriteDenseFolder(string folder)
+    {
+        AtomicFolder.Write(folder, tmp =>
+        {
+            var config = JsonNode.Parse(File.ReadAllText(Path.Combine(_sourceFolder, "config.json")))!.AsObject();
+            config["torch_dtype"] = "float32";
+            if (config.ContainsKey("dtype")) config["dtype"] = "float32";
+            File.WriteAllText(Path.Combine(tmp, "config.json"), config.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            var tensors = Model.state_dict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value)).ToList();
+            SafeTensorsWriter.Write(Path.Combine(tmp, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+            foreach (string file in CarvedFolder.TokenizerFiles)
+                if (File.Exists(Path.Combine(_sourceFolder, file))) File.Copy(Path.Combine(_sourceFolder, file), Path.Combine(tmp, file));
+        });
     }
 
     /// <summary>The files of a model folder that make the model: config, weights (and index), tokenizer files.</summary>
