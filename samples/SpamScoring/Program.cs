@@ -247,7 +247,7 @@ internal sealed class ProgressLog : IProgress<CMoE.Training.ClassifierProgress>
     {
         if (p.Step % 20 != 0 && p.Step != p.Steps) return;
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"  step {p.Step}/{p.Steps} loss {p.Loss:F4} {p.TokensPerSecond:F0} tok/s ETA {p.Eta:mm\\:ss} val loss {p.ValidationLoss:F4} acc {p.ValidationAccuracy:F4}"));
+            $"  step {p.Step}/{p.Steps} loss {p.Loss:F4} {p.TokensPerSecond:F0} tok/s ETA {(int)p.Eta.TotalHours}:{p.Eta:mm\\:ss} val loss {p.ValidationLoss:F4} acc {p.ValidationAccuracy:F4}"));
     }
 }
 
