@@ -58,8 +58,8 @@ if [ "$tiny" = 1 ]; then
   eval_args=(--max-windows 2 --seq-len 128)
   bench_args=(--prompt-tokens 16 --decode-tokens 8 --repeats 1 --ffn-tokens 8)
   ft_samples=4; ft_seq=64; ft_probe_steps=0; bf16_args=(--max-steps 1)
-  cls_args=(--max-tokens 32 --epochs 1)
-  lim_carve=60; lim_eval=45; lim_bench=60; lim_ft=90; lim_cls=90
+  cls_args=(--max-tokens 16 --epochs 1 --max-steps 4 --validation-fraction 0.02)
+  lim_carve=60; lim_eval=45; lim_bench=60; lim_ft=90; lim_cls=150
   train=$probe_train
 else
   carve_args=()                 # the CLI defaults: 8 random 512-token windows of sotu_train, seed 0
