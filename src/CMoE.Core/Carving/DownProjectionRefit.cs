@@ -41,10 +41,7 @@ public static class DownProjectionRefit
         if (!(ridge > 0)) throw new ArgumentException($"The down-projection ridge must be positive (got {ridge}).", nameof(ridge));
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        var shape = block.Shape;
-        int e = shape.RoutedExperts, m = shape.ExpertSize, d = shape.Hidden;
         var x = inputs.to(ScalarType.Float32);                                                     // [q, d]
-        long q = x.shape[0];
         var h = HiddenActivations(block, x);                                                       // [q, N] fp64
         var w0 = DownColumns(block).to(ScalarType.Float64);                                        // [d, N]
         var y = denseOutputs.to(ScalarType.Float64);                                               // [q, d]

@@ -104,15 +104,13 @@ public static class MoeCarver
         var t0 = Stopwatch.GetTimestamp();
         var mids = hidden.Select(x => layer.AttentionResidual(x, cos, sin, null, l)).ToList();     // h = x + Attn(..)
         var ffnInputs = mids.Select(layer.FfnInput).ToList();                                    // RMSNorm(h)
+        using var flatInputs = cat(ffnInputs.Select(f => f.reshape(-1, d)).ToList(), 0);          // [q, d]
         Tensor markers;
-        using (var flatInputs = cat(ffnInputs.Select(f => f.reshape(-1, d)).ToList(), 0))        // [q, d]
-        {
-            using var weights = options.NeuronWeighting == NeuronWeighting.DownNorm ? dense.Down.Weight.to(ScalarType.Float32).norm(0, false) : null;   // [dh]
+        using (var weights = options.NeuronWeighting == NeuronWeighting.DownNorm ? dense.Down.Weight.to(ScalarType.Float32).norm(0, false) : null)   // [dh]
             markers = ActivationMarkers.Markers(flatInputs, dense.Gate.Weight, dense.Up.Weight, options.KAct, options.Score, dense.Activation, weights); // [q, dh]
-        }
         double profileSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
 
-        using var denseOutputs = options.DownFit == DownProjectionFit.Ridge ? cat(ffnInputs.Select(f => dense.forward(f.reshape(-1, d))).ToList(), 0) : null;   // [q, d]
+        using var denseOutputs = options.DownFit == DownProjectionFit.Ridge ? dense.forward(flatInputs) : null;    // [q, d], before the dense FFN is replaced
         var t1 = Stopwatch.GetTimestamp();
         MoeBlock moe;
         ExpertPartition partition;
@@ -123,11 +121,7 @@ public static class MoeCarver
             var p = cat(ffnInputs.Select(f => moe.Router.Probabilities(f.reshape(-1, d))).ToList(), 0);   // [q, E], bias 0
             moe.RouterThreshold = ThresholdRouting.Calibrate(p, options.Layout.Active);
         }
-        if (denseOutputs is not null)
-        {
-            using var flatInputs = cat(ffnInputs.Select(f => f.reshape(-1, d)).ToList(), 0);   // [q, d]
-            DownProjectionRefit.Refit(moe, flatInputs, denseOutputs, options.DownFitRidge);
-        }
+        if (denseOutputs is not null) DownProjectionRefit.Refit(moe, flatInputs, denseOutputs, options.DownFitRidge);
         double partitionSeconds = Stopwatch.GetElapsedTime(t1).TotalSeconds;
 
         var next = mids.Zip(ffnInputs, (h, f) => { using var y = moe.forward(f); return layer.AddFfnOutput(h, y); }).ToList();   // y = h + MoE(RMSNorm(h))
